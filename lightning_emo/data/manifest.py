@@ -1,0 +1,328 @@
+"""The manifest: the one table every corpus becomes before anything downstream reads it.
+
+A manifest is a CSV with the header ``clip_id,path,label,split,speaker`` and optional
+``start,end`` columns (seconds). ``path`` is relative to the corpus root. The class list
+(names, in order) and the corpus root travel beside it in a sidecar JSON file with the same
+stem (``manifest.csv`` -> ``manifest.json``).
+
+Every reader goes through :func:`read_manifest`, which validates and raises
+:class:`ManifestError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from lightning_emo.utils import atomic_write_text
+
+REQUIRED_COLUMNS = ("clip_id", "path", "label", "split", "speaker")
+OPTIONAL_COLUMNS = ("start", "end")
+SPLITS = ("train", "val", "test")
+DEFAULT_RATIOS = (0.7, 0.1, 0.2)  # the paper's 7:1:2
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file, line and field."""
+
+    def __init__(self, file: str | os.PathLike, message: str, line: int | None = None, field: str | None = None):
+        where = str(file)
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.file, self.line, self.field = str(file), line, field
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One row of a manifest. ``start``/``end`` cut the media file (seconds), ``None`` = whole file."""
+
+    clip_id: str
+    path: str
+    label: str
+    split: str = ""
+    speaker: str = ""
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class Manifest:
+    """Clips, the ordered class list and the corpus root that clip paths are relative to."""
+
+    clips: list[Clip]
+    classes: list[str]
+    root: Path
+    corpus: str = "custom"
+    source: str = "<memory>"
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self):
+        return iter(self.clips)
+
+    def media_path(self, clip: Clip) -> Path:
+        return self.root / clip.path
+
+    def label_index(self, label: str) -> int:
+        return self.classes.index(label)
+
+    def split(self, name: str | Sequence[str]) -> list[Clip]:
+        names = (name,) if isinstance(name, str) else tuple(name)
+        return [c for c in self.clips if c.split in names]
+
+    def by_id(self) -> dict[str, Clip]:
+        return {c.clip_id: c for c in self.clips}
+
+    @property
+    def has_splits(self) -> bool:
+        return all(c.split for c in self.clips)
+
+    def summary(self) -> str:
+        """A human-readable account of what was read: counts per split and class, speakers."""
+        lines = [f"manifest {self.source}: {len(self.clips)} clips, {len(self.classes)} classes, "
+                 f"root {self.root} (corpus: {self.corpus})"]
+        splits = sorted({c.split or "(none)" for c in self.clips}, key=lambda s: (SPLITS + ("(none)",)).index(s))
+        width = max(len(c) for c in self.classes)
+        header = "  " + "class".ljust(width) + "".join(f"{s:>8}" for s in splits) + f"{'total':>8}"
+        lines.append(header)
+        counts = Counter((c.label, c.split or "(none)") for c in self.clips)
+        for label in self.classes:
+            row = [counts[(label, s)] for s in splits]
+            lines.append("  " + label.ljust(width) + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+        totals = [sum(counts[(lab, s)] for lab in self.classes) for s in splits]
+        lines.append("  " + "total".ljust(width) + "".join(f"{n:>8}" for n in totals) + f"{sum(totals):>8}")
+        speakers = defaultdict(set)
+        for c in self.clips:
+            speakers[c.split or "(none)"].add(c.speaker)
+        lines.append("  speakers: " + ", ".join(f"{s}={len(speakers[s] - {''})}" for s in splits))
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def with_clips(self, clips: list[Clip]) -> "Manifest":
+        return replace(self, clips=list(clips))
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the CSV and its sidecar JSON atomically; returns the CSV path."""
+        path = Path(path)
+        has_times = any(c.start is not None or c.end is not None for c in self.clips)
+        columns = list(REQUIRED_COLUMNS) + (list(OPTIONAL_COLUMNS) if has_times else [])
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for c in self.clips:
+            row = [c.clip_id, c.path, c.label, c.split, c.speaker]
+            if has_times:
+                row += ["" if c.start is None else f"{c.start:g}", "" if c.end is None else f"{c.end:g}"]
+            writer.writerow(row)
+        root = os.path.relpath(self.root.resolve(), path.parent.resolve())
+        meta = {"classes": self.classes, "root": root, "corpus": self.corpus}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(path, buf.getvalue())
+        return path
+
+
+def sidecar_path(csv_path: str | os.PathLike) -> Path:
+    return Path(csv_path).with_suffix(".json")
+
+
+def _parse_time(value: str, file: Path, line: int, name: str) -> float | None:
+    if value.strip() == "":
+        return None
+    try:
+        t = float(value)
+    except ValueError:
+        raise ManifestError(file, f"expected a number of seconds, got {value!r}", line, name) from None
+    if not math.isfinite(t) or t < 0:
+        raise ManifestError(file, f"expected a finite, non-negative number of seconds, got {value!r}", line, name)
+    return t
+
+
+def read_manifest(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    classes: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> Manifest:
+    """Read and validate a manifest CSV.
+
+    Args:
+        path: the CSV file.
+        root: the corpus root clip paths are relative to; default: the sidecar's ``root``, else
+            the CSV's folder.
+        classes: the ordered class list; default: the sidecar's, else the sorted labels found
+            (with a note in the summary).
+        check_files: check that every media file exists.
+
+    Raises:
+        ManifestError: naming the file, line and field of the first problem found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(path, "manifest file not found")
+    meta: dict = {}
+    if sidecar_path(path).is_file():
+        try:
+            meta = json.loads(sidecar_path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ManifestError(sidecar_path(path), f"not valid JSON ({e})", e.lineno) from None
+    notes: list[str] = []
+    if root is None:
+        root = (path.parent / meta["root"]) if "root" in meta else path.parent
+    root = Path(root)
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ManifestError(path, "empty manifest: no header and no clips (expected header "
+                                f"{','.join(REQUIRED_COLUMNS)})", 1) from None
+        header = [h.strip() for h in header]
+        for col in REQUIRED_COLUMNS:
+            if col not in header:
+                raise ManifestError(path, f"missing column (header is {','.join(header)}; expected "
+                                    f"{','.join(REQUIRED_COLUMNS)}[,start,end])", 1, col)
+        unknown = [h for h in header if h not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        if unknown:
+            notes.append(f"ignored extra columns: {', '.join(unknown)}")
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            if not row or all(not v.strip() for v in row):
+                continue
+            if len(row) != len(header):
+                raise ManifestError(path, f"expected {len(header)} fields, found {len(row)}", line_no)
+            rows.append((line_no, dict(zip(header, (v.strip() for v in row)))))
+    if not rows:
+        raise ManifestError(path, "empty manifest: a header but no clips", 2)
+
+    if classes is None:
+        classes = meta.get("classes")
+    if classes is None:
+        classes = sorted({r["label"] for _, r in rows})
+        notes.append("no class list given: using the sorted labels found")
+    classes = list(classes)
+    class_set = set(classes)
+
+    clips, seen = [], {}
+    for line_no, r in rows:
+        if not r["clip_id"]:
+            raise ManifestError(path, "empty clip_id", line_no, "clip_id")
+        if r["clip_id"] in seen:
+            raise ManifestError(path, f"duplicate clip_id {r['clip_id']!r} (first on line {seen[r['clip_id']]})",
+                                line_no, "clip_id")
+        seen[r["clip_id"]] = line_no
+        if not r["path"]:
+            raise ManifestError(path, "empty path", line_no, "path")
+        if check_files and not (root / r["path"]).is_file():
+            raise ManifestError(path, f"media file not found: {root / r['path']}", line_no, "path")
+        if r["label"] not in class_set:
+            raise ManifestError(path, f"unknown label {r['label']!r} (expected one of: {', '.join(classes)})",
+                                line_no, "label")
+        if r["split"] not in SPLITS + ("",):
+            raise ManifestError(path, f"bad split name {r['split']!r} (expected train, val, test or empty)",
+                                line_no, "split")
+        start = _parse_time(r.get("start", ""), path, line_no, "start")
+        end = _parse_time(r.get("end", ""), path, line_no, "end")
+        if start is not None and end is not None and start >= end:
+            raise ManifestError(path, f"start ({start:g}) must be before end ({end:g})", line_no, "start")
+        clips.append(Clip(r["clip_id"], r["path"], r["label"], r["split"], r["speaker"], start, end))
+
+    splits_given = {bool(c.split) for c in clips}
+    if splits_given == {True, False}:
+        notes.append("split column is filled for some clips only: the empty ones stay unassigned")
+    return Manifest(clips, classes, root, corpus=meta.get("corpus", "custom"), source=str(path), notes=notes)
+
+
+def assign_splits(
+    manifest: Manifest,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Manifest:
+    """Fill empty ``split`` fields: deterministic, seeded and speaker-independent.
+
+    Speakers are dealt to train/val/test so that each split's share of clips approaches
+    ``ratios`` for every class (stratified where possible); no speaker lands in two splits. When
+    no clip has a speaker, clips are split directly, stratified by label, and a note says so.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers (train, val, test), got {ratios}")
+    ratios = [r / sum(ratios) for r in ratios]
+    todo = [c for c in manifest.clips if overwrite or not c.split]
+    if not todo:
+        return manifest
+    rng = random.Random(seed)
+    assignment: dict[str, str] = {}
+    notes = list(manifest.notes)
+    if all(c.speaker for c in todo):
+        groups: dict[str, list[Clip]] = defaultdict(list)
+        for c in todo:
+            groups[c.speaker].append(c)
+        speakers = sorted(groups)
+        rng.shuffle(speakers)
+        # Largest speakers first so the small ones can fine-tune the proportions.
+        speakers.sort(key=lambda s: -len(groups[s]))
+        classes = manifest.classes
+        target = Counter(c.label for c in todo)
+        have = {s: Counter() for s in SPLITS}
+        n_split = Counter()
+        total = len(todo)
+        for spk in speakers:
+            counts = Counter(c.label for c in groups[spk])
+
+            def deficit(split: str) -> float:
+                i = SPLITS.index(split)
+                if ratios[i] == 0:
+                    return -math.inf
+                per_class = sum((ratios[i] * target[k] - have[split][k]) * counts[k] / max(target[k], 1)
+                                for k in classes)
+                overall = (ratios[i] * total - n_split[split]) / total
+                return per_class + overall
+
+            best = max(SPLITS, key=deficit)
+            have[best].update(counts)
+            n_split[best] += len(groups[spk])
+            for c in groups[spk]:
+                assignment[c.clip_id] = best
+        notes.append(f"assigned speaker-independent splits (seed {seed}, ratios "
+                     f"{'/'.join(f'{r:.2f}' for r in ratios)}) over {len(speakers)} speakers")
+    else:
+        missing = sum(1 for c in todo if not c.speaker)
+        notes.append(f"{missing} clips have no speaker: splits are stratified by label over clips, "
+                     "NOT speaker-independent")
+        by_label: dict[str, list[Clip]] = defaultdict(list)
+        for c in todo:
+            by_label[c.label].append(c)
+        for label in sorted(by_label):
+            group = sorted(by_label[label], key=lambda c: c.clip_id)
+            rng.shuffle(group)
+            n = len(group)
+            n_train = round(ratios[0] * n)
+            n_val = round(ratios[1] * n)
+            for i, c in enumerate(group):
+                assignment[c.clip_id] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    clips = [replace(c, split=assignment[c.clip_id]) if c.clip_id in assignment else c for c in manifest.clips]
+    return replace(manifest, clips=clips, notes=notes)
+
+
+def check_speaker_independent(clips: Iterable[Clip]) -> dict[str, set[str]]:
+    """Return the speakers found in more than one split (empty when the split is clean)."""
+    where: dict[str, set[str]] = defaultdict(set)
+    for c in clips:
+        if c.speaker and c.split:
+            where[c.speaker].add(c.split)
+    return {s: v for s, v in where.items() if len(v) > 1}
