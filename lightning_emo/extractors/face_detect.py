@@ -1,0 +1,473 @@
+"""Face detection and tracking: video frames -> one tracked face per clip as square crops plus a per-frame face mask.
+
+Two detectors are registered in :data:`FACE_DETECTORS`:
+
+* ``mtcnn``: facenet-pytorch's MTCNN (weights ship inside the package), run on a whole chunk of
+  equally sized frames per call, followed by :func:`track_main_face` which keeps the clip's main
+  face (large and consistent over time), smooths its box and adds a margin.
+* ``none``: the frames already are face crops (e.g. a corpus of cropped faces, or the synthetic
+  corpus). Each frame is centre-cropped to a square and resized; a frame is marked as missing
+  only when it is blank (see :class:`NoDetector`).
+
+Every detector maps ``frames (N, H, W, 3) uint8 RGB`` to :class:`FaceCrops`:
+``crops (N, 3, S, S) float32 in [0, 1]``, ``mask (N,) bool`` (False: no face found; the crop is
+then zeros and must not be used), ``boxes (N, 4)`` and ``scores (N,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_iou, roi_align
+
+from lightning_emo.registry import Registry
+
+__all__ = ["FACE_DETECTORS", "FaceCrops", "FaceDetector", "MTCNNDetector", "NoDetector", "build_face_detector",
+           "Track", "crop_boxes", "square_boxes", "track_main_face"]
+
+FACE_DETECTORS: Registry = Registry("face detector")
+
+
+@dataclass
+class FaceCrops:
+    """Face crops of one clip (shapes below) or of a padded batch (one more leading ``B`` dim).
+
+    Attributes:
+        crops: ``(N, 3, S, S)`` float32 in [0, 1]; zeros where ``mask`` is False.
+        mask: ``(N,)`` bool, True where a face was found. Downstream code must mask the other frames.
+        boxes: ``(N, 4)`` float32 ``x1, y1, x2, y2`` of the square crop in frame pixels; zeros where
+            ``mask`` is False.
+        scores: ``(N,)`` float32 detection probability of the kept face; 0 where ``mask`` is False.
+    """
+
+    crops: torch.Tensor
+    mask: torch.Tensor
+    boxes: torch.Tensor
+    scores: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.mask.shape[-1]
+
+
+def _as_frames(frames) -> torch.Tensor:
+    """Check and convert frames to a uint8 tensor ``(N, H, W, 3)``."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        desc = (f"{type(frames).__name__} {tuple(frames.shape)} {frames.dtype}" if hasattr(frames, "shape")
+                else type(frames).__name__)
+        raise ValueError(f"face detection expects RGB frames as a uint8 tensor (N, H, W, 3), got {desc}")
+    return frames
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+
+
+def square_boxes(boxes: torch.Tensor, margin: float, height: int, width: int) -> torch.Tensor:
+    """Turn face boxes into square crop boxes with a margin, moved inside the frame where they fit.
+
+    Args:
+        boxes: ``(K, 4)`` ``x1, y1, x2, y2``.
+        margin: relative margin: the square's side is ``max(w, h) * (1 + margin)``.
+        height, width: the frame size.
+
+    Returns:
+        ``(K, 4)`` square boxes. A square larger than the frame stays centred on the face (the
+        part outside the frame is cropped as zeros).
+    """
+    boxes = boxes.float()
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clamp_min(1.0) * (1.0 + margin)
+    x1 = cx - side / 2
+    y1 = cy - side / 2
+    # shift (not shrink) a square that sticks out of the frame back inside, when it fits
+    fits_x = side <= width
+    fits_y = side <= height
+    x1 = torch.where(fits_x, x1.clamp(min=0.0).minimum(width - side), x1)
+    y1 = torch.where(fits_y, y1.clamp(min=0.0).minimum(height - side), y1)
+    return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
+
+
+def crop_boxes(frames: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop and resize one box per frame with area-averaging bilinear sampling (``roi_align``).
+
+    Args:
+        frames: ``(N, H, W, 3)`` uint8.
+        boxes: ``(N, 4)`` ``x1, y1, x2, y2`` in pixel coordinates (pixel ``i`` covers ``[i, i+1)``).
+        size: output side ``S``.
+
+    Returns:
+        ``(N, 3, S, S)`` float32 in [0, 1]; parts of a box outside the frame are zeros.
+    """
+    if frames.shape[0] == 0:
+        return frames.new_zeros((0, 3, size, size), dtype=torch.float32)
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    rois = torch.cat([torch.arange(len(boxes), device=x.device, dtype=x.dtype)[:, None],
+                      boxes.to(device=x.device, dtype=x.dtype)], dim=1)
+    # sampling_ratio=-1: ceil(box/size) samples per output pixel, averaged (anti-aliased down-scaling)
+    out = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return out.clamp_(0.0, 1.0)
+
+
+def _center_size(boxes: torch.Tensor) -> torch.Tensor:
+    """``(K, 4)`` corners -> ``(K, 4)`` ``cx, cy, w, h``."""
+    return torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
+                        boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], dim=1)
+
+
+def _corners(cs: torch.Tensor) -> torch.Tensor:
+    return torch.stack([cs[:, 0] - cs[:, 2] / 2, cs[:, 1] - cs[:, 3] / 2,
+                        cs[:, 0] + cs[:, 2] / 2, cs[:, 1] + cs[:, 3] / 2], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# tracking
+
+
+@dataclass
+class Track:
+    """The main face of a clip: ``boxes (N, 4)`` (tight, smoothed), ``scores (N,)``, ``found (N,) bool``."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    found: torch.Tensor
+
+
+def track_main_face(
+    detections: Sequence[torch.Tensor],
+    min_iou: float = 0.2,
+    max_shift: float = 0.5,
+    max_scale: float = 1.6,
+    max_gap: int = 10,
+    smooth: int = 2,
+) -> Track:
+    """Keep one face over a clip: the large face that is consistent over time.
+
+    1. Seed: every detection gets ``area * (1 + support)``, ``support`` being the number of other
+       frames holding a detection with IoU >= ``min_iou`` with it; the best one seeds the track.
+       A big face seen throughout beats a bigger one-frame false positive and a smaller face.
+    2. Walk forward and backward from the seed frame. In each frame a detection continues the
+       track when it overlaps the last kept box (IoU >= ``min_iou``) or its centre moved at most
+       ``max_shift`` x the box side per elapsed frame (up to 3 frames), and its side changed by at
+       most a factor ``max_scale``; among those the one with the highest
+       ``IoU - shift + size similarity`` is kept. When none qualifies the frame has no face (it is
+       never given to another person's face); after more than ``max_gap`` such frames in a row the
+       track is lost and restarts at that frame's largest face (a new segment, e.g. after a cut).
+    3. Centres and sizes are averaged over the kept frames within ``smooth`` frames on each side,
+       inside one segment. Frames without a kept face are not interpolated.
+
+    Args:
+        detections: per frame a ``(K_i, 5)`` tensor ``x1, y1, x2, y2, score`` (``K_i`` may be 0).
+
+    Returns:
+        :class:`Track` with ``N = len(detections)``; ``boxes``/``scores`` are zeros where ``found``
+        is False.
+    """
+    n = len(detections)
+    dets = [d.detach().float().cpu().reshape(-1, 5) for d in detections]
+    boxes = torch.zeros(n, 4)
+    scores = torch.zeros(n)
+    found = torch.zeros(n, dtype=torch.bool)
+    segment = torch.full((n,), -1, dtype=torch.long)
+    counts = [len(d) for d in dets]
+    if sum(counts) == 0:
+        return Track(boxes, scores, found)
+
+    # 1. seed
+    all_d = torch.cat(dets)
+    frame_of = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
+    match = box_iou(all_d[:, :4], all_d[:, :4]) >= min_iou
+    support = torch.zeros(len(all_d))
+    for f in range(n):
+        if counts[f]:
+            support += (match[:, frame_of == f].any(dim=1) & (frame_of != f)).float()
+    area = ((all_d[:, 2] - all_d[:, 0]) * (all_d[:, 3] - all_d[:, 1])).clamp_min(0)
+    seed = int(torch.argmax(area * (1 + support)))
+    t0 = int(frame_of[seed])
+    seed_box = all_d[seed]
+
+    def pick(ref: torch.Tensor, gap: int, cand: torch.Tensor) -> int | None:
+        if len(cand) == 0:
+            return None
+        b = cand[:, :4]
+        iou = box_iou(b, ref[None, :4])[:, 0]
+        cs, rcs = _center_size(b), _center_size(ref[None, :4])[0]
+        side_ref = torch.sqrt(rcs[2].clamp_min(1) * rcs[3].clamp_min(1))
+        shift = torch.linalg.vector_norm(cs[:, :2] - rcs[:2], dim=1) / side_ref
+        ratio = torch.sqrt(cs[:, 2].clamp_min(1) * cs[:, 3].clamp_min(1)) / side_ref
+        ok = ((iou >= min_iou) | (shift <= max_shift * min(gap + 1, 3))) & (ratio <= max_scale) & (ratio >= 1 / max_scale)
+        if not ok.any():
+            return None
+        value = iou - shift + torch.minimum(ratio, 1 / ratio)
+        value[~ok] = -math.inf
+        return int(torch.argmax(value))
+
+    def accept(t: int, det: torch.Tensor, seg: int) -> None:
+        boxes[t], scores[t], found[t], segment[t] = det[:4], det[4], True, seg
+
+    accept(t0, seed_box, 0)
+    next_segment = 1
+    for direction in (1, -1):
+        ref, gap, seg = seed_box, 0, 0
+        t = t0 + direction
+        while 0 <= t < n:
+            j = pick(ref, gap, dets[t])
+            if j is not None:
+                ref, gap = dets[t][j], 0
+                accept(t, ref, seg)
+            else:
+                gap += 1
+                if gap > max_gap and counts[t]:
+                    # the main face is gone for good: restart on this frame's largest face
+                    d = dets[t]
+                    j = int(torch.argmax((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])))
+                    ref, gap, seg = d[j], 0, next_segment
+                    next_segment += 1
+                    accept(t, ref, seg)
+            t += direction
+
+    # 3. smooth centre and size within each segment
+    if smooth > 0:
+        cs = _center_size(boxes)
+        out = cs.clone()
+        idx = torch.nonzero(found).flatten().tolist()
+        for t in idx:
+            lo, hi = max(0, t - smooth), min(n, t + smooth + 1)
+            sel = found[lo:hi] & (segment[lo:hi] == segment[t])
+            out[t] = cs[lo:hi][sel].mean(dim=0)
+        boxes = torch.where(found[:, None], _corners(out), torch.zeros_like(boxes))
+    return Track(boxes, scores, found)
+
+
+# ----------------------------------------------------------------------------------------------
+# detectors
+
+
+class FaceDetector(nn.Module):
+    """Base class: frames -> :class:`FaceCrops` of the clip's main face.
+
+    Subclasses implement :meth:`detect`; :meth:`forward` runs detection, tracking and cropping.
+
+    Args:
+        crop_size: default output side ``S`` (the extractor's ``spec.crop_size`` is passed per call).
+        margin: relative margin around the face box (side ``max(w, h) * (1 + margin)``).
+        batch_size: frames per detector call and per cropping step.
+        tracking: keyword arguments of :func:`track_main_face`.
+    """
+
+    def __init__(self, crop_size: int = 160, margin: float = 0.2, batch_size: int = 32, **tracking):
+        super().__init__()
+        if crop_size <= 0 or batch_size <= 0 or margin < 0:
+            raise ValueError(f"face detector expects crop_size > 0, batch_size > 0, margin >= 0, got "
+                             f"{crop_size}, {batch_size}, {margin}")
+        self.crop_size = int(crop_size)
+        self.margin = float(margin)
+        self.batch_size = int(batch_size)
+        self.tracking = dict(tracking)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def detect(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """All faces per frame: ``frames (N, H, W, 3) uint8`` -> N tensors ``(K_i, 5)`` ``x1, y1, x2, y2, score``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor, crop_size: int | None = None) -> FaceCrops:
+        """One clip: ``frames (N, H, W, 3) uint8`` -> :class:`FaceCrops` with crops ``(N, 3, S, S)``."""
+        frames = _as_frames(frames)
+        return self._from_detections(frames, self.detect(frames), crop_size or self.crop_size)
+
+    def _from_detections(self, frames: torch.Tensor, detections: list[torch.Tensor], size: int) -> FaceCrops:
+        n, h, w = frames.shape[:3]
+        track = track_main_face(detections, **self.tracking)
+        crops = torch.zeros(n, 3, size, size, device=frames.device)
+        squares = torch.zeros(n, 4)
+        idx = torch.nonzero(track.found).flatten()
+        if len(idx):
+            squares[idx] = square_boxes(track.boxes[idx], self.margin, h, w)
+            for start in range(0, len(idx), self.batch_size):
+                sel = idx[start:start + self.batch_size].to(frames.device)
+                crops[sel] = crop_boxes(frames[sel], squares[sel.cpu()], size)
+        return FaceCrops(crops, track.found.to(frames.device), squares.to(frames.device),
+                         track.scores.to(frames.device))
+
+    @torch.no_grad()
+    def crop_batch(self, frames, lengths: torch.Tensor | Sequence[int] | None = None,
+                   crop_size: int | None = None) -> FaceCrops:
+        """A batch of clips -> padded :class:`FaceCrops` (``crops (B, N, 3, S, S)``, ``mask (B, N)``).
+
+        Args:
+            frames: a padded ``(B, N, H, W, 3)`` uint8 tensor or a list of ``(N_i, H_i, W_i, 3)``.
+            lengths: ``(B,)`` valid frames per clip (default: all ``N`` / ``N_i``).
+
+        Frames of all clips that share a frame size go through the detector together, in chunks
+        of ``batch_size``; tracking runs per clip. Padding frames get ``mask`` False.
+        """
+        if isinstance(frames, torch.Tensor):
+            if frames.dim() != 5:
+                raise ValueError(f"crop_batch expects frames (B, N, H, W, 3) or a list of (N, H, W, 3), "
+                                 f"got shape {tuple(frames.shape)}")
+            clips = list(frames.unbind(0))
+        else:
+            clips = list(frames)
+        if lengths is None:
+            lengths = [len(c) for c in clips]
+        lengths = [int(v) for v in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths)]
+        if len(lengths) != len(clips):
+            raise ValueError(f"crop_batch: {len(clips)} clips but {len(lengths)} lengths")
+        clips = [_as_frames(c)[:n] for c, n in zip(clips, lengths)]
+        size = crop_size or self.crop_size
+        per_clip = self._detect_clips(clips)
+        results = [self._from_detections(c, d, size) for c, d in zip(clips, per_clip)]
+        b, n_max = len(clips), max(lengths, default=0)
+        device = clips[0].device if clips else torch.device("cpu")
+        out = FaceCrops(torch.zeros(b, n_max, 3, size, size, device=device),
+                        torch.zeros(b, n_max, dtype=torch.bool, device=device),
+                        torch.zeros(b, n_max, 4, device=device), torch.zeros(b, n_max, device=device))
+        for i, r in enumerate(results):
+            k = len(r)
+            out.crops[i, :k], out.mask[i, :k], out.boxes[i, :k], out.scores[i, :k] = r.crops, r.mask, r.boxes, r.scores
+        return out
+
+    def _detect_clips(self, clips: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Detect over several clips at once where their frames share a size."""
+        out: list[list[torch.Tensor] | None] = [None] * len(clips)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, c in enumerate(clips):
+            by_size.setdefault(tuple(c.shape[1:3]), []).append(i)
+        for ids in by_size.values():
+            dets = self.detect(torch.cat([clips[i] for i in ids]))
+            start = 0
+            for i in ids:
+                out[i] = dets[start:start + len(clips[i])]
+                start += len(clips[i])
+        return out  # type: ignore[return-value]
+
+
+@FACE_DETECTORS.register("mtcnn")
+class MTCNNDetector(FaceDetector):
+    """facenet-pytorch's MTCNN on batches of frames, then :func:`track_main_face`.
+
+    All faces are returned per frame (as facenet-pytorch's ``keep_all=True``), the tracker picks
+    the main one, so ``select_largest`` has no role here.
+
+    Args:
+        min_face_size: smallest face side searched for, in pixels of the detection image.
+        thresholds: P-, R- and O-net thresholds (facenet-pytorch's defaults).
+        factor: scale step of the image pyramid.
+        min_score: detections whose final probability is below it are dropped (the O-net
+            threshold lets through some non-faces; 0.9 keeps nearly all real ones).
+        detect_size: frames whose longer side exceeds it are scaled down to it for detection
+            (boxes are mapped back; crops come from the full-resolution frames). ``None``: never.
+        crop_size, margin, batch_size, tracking: see :class:`FaceDetector`.
+    """
+
+    def __init__(self, crop_size: int = 160, margin: float = 0.2, batch_size: int = 32,
+                 min_face_size: int = 40, thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
+                 min_score: float = 0.9, detect_size: int | None = 640, **tracking):
+        super().__init__(crop_size=crop_size, margin=margin, batch_size=batch_size, **tracking)
+        from facenet_pytorch import MTCNN
+
+        if len(thresholds) != 3:
+            raise ValueError(f"MTCNN expects three thresholds (P-, R-, O-net), got {list(thresholds)}")
+        self.min_face_size = int(min_face_size)
+        self.thresholds = [float(t) for t in thresholds]
+        self.factor = float(factor)
+        self.min_score = float(min_score)
+        self.detect_size = detect_size
+        # the P/R/O-net weights are files inside the facenet-pytorch package (no download)
+        self.mtcnn = MTCNN(keep_all=True, select_largest=False, min_face_size=self.min_face_size,
+                           thresholds=self.thresholds, factor=self.factor).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def detect(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """``frames (N, H, W, 3) uint8`` -> N tensors ``(K_i, 5)`` in frame pixels, best score first."""
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        frames = _as_frames(frames)
+        n, h, w = frames.shape[:3]
+        device = self.device
+        scale = 1.0
+        if self.detect_size and max(h, w) > self.detect_size:
+            scale = self.detect_size / max(h, w)
+        out: list[torch.Tensor] = []
+        for start in range(0, n, self.batch_size):
+            chunk = frames[start:start + self.batch_size].to(device)
+            if scale != 1.0:
+                size = (max(1, round(h * scale)), max(1, round(w * scale)))
+                chunk = F.interpolate(chunk.permute(0, 3, 1, 2).float(), size=size, mode="bilinear",
+                                      antialias=True, align_corners=False)
+                chunk = chunk.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            # one call for the whole chunk: MTCNN batches equally sized frames through its cascade
+            batch_boxes, _ = detect_face(chunk, self.min_face_size, self.mtcnn.pnet, self.mtcnn.rnet,
+                                         self.mtcnn.onet, self.thresholds, self.factor, device)
+            for b in batch_boxes:
+                b = torch.as_tensor(np.asarray(b, dtype=np.float32).reshape(-1, 5))
+                b = b[b[:, 4] >= self.min_score]
+                b[:, :4] /= scale
+                out.append(b[torch.argsort(b[:, 4], descending=True, stable=True)])
+        return out
+
+
+@FACE_DETECTORS.register("none")
+class NoDetector(FaceDetector):
+    """The frames already are face crops: centre-crop each frame to a square and resize it.
+
+    Rule for missing faces: a frame is blank, so ``mask`` False, when the standard deviation of its
+    grey levels (0..255, luma ``0.299 R + 0.587 G + 0.114 B``) is below ``blank_std`` (default 2.0,
+    i.e. near-uniform: an all-black or all-grey frame, as video padding or a lost signal gives,
+    survives video compression with a deviation well under 1). Every other frame counts as a face
+    with score 1.
+
+    Args:
+        blank_std: threshold on the grey-level standard deviation.
+        crop_size, batch_size: see :class:`FaceDetector` (no margin: the frame is the crop).
+    """
+
+    def __init__(self, crop_size: int = 160, batch_size: int = 32, blank_std: float = 2.0, margin: float = 0.0):
+        super().__init__(crop_size=crop_size, margin=margin, batch_size=batch_size)
+        self.blank_std = float(blank_std)
+
+    def is_blank(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames (N, H, W, 3) uint8`` -> ``(N,)`` bool, True for near-uniform frames."""
+        weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device)
+        gray = (frames.float() * weights).sum(-1)
+        return gray.flatten(1).std(dim=1, correction=0) < self.blank_std
+
+    def detect(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """The centred square of every non-blank frame as its one detection (score 1)."""
+        frames = _as_frames(frames)
+        n, h, w = frames.shape[:3]
+        side = min(h, w)
+        box = torch.tensor([(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2, 1.0])
+        blank = torch.cat([self.is_blank(frames[s:s + self.batch_size]) for s in range(0, n, self.batch_size)]
+                          ) if n else torch.zeros(0, dtype=torch.bool)
+        return [box[None].clone() if not b else torch.zeros(0, 5) for b in blank.cpu().tolist()]
+
+    def _from_detections(self, frames: torch.Tensor, detections: list[torch.Tensor], size: int) -> FaceCrops:
+        # no tracking: each frame is its own crop
+        n = frames.shape[0]
+        found = torch.tensor([len(d) > 0 for d in detections], dtype=torch.bool)
+        boxes = torch.stack([d[0, :4] if len(d) else torch.zeros(4) for d in detections]) if n else torch.zeros(0, 4)
+        crops = torch.zeros(n, 3, size, size, device=frames.device)
+        idx = torch.nonzero(found).flatten()
+        for start in range(0, len(idx), self.batch_size):
+            sel = idx[start:start + self.batch_size]
+            crops[sel.to(frames.device)] = crop_boxes(frames[sel.to(frames.device)], boxes[sel], size)
+        return FaceCrops(crops, found.to(frames.device), boxes.to(frames.device), found.float().to(frames.device))
+
+
+def build_face_detector(name: str = "mtcnn", **options) -> FaceDetector:
+    """Build a registered face detector (``mtcnn`` or ``none``) in eval mode."""
+    return FACE_DETECTORS.build(name, **options).eval()
