@@ -12,6 +12,8 @@ from lightning_emo.extractors.base import (
     build_extractor,
     resolve_weights,
 )
+from lightning_emo.extractors import audio, speech_dnn, ssl  # noqa: F401,E402  (register the audio extractors)
+from lightning_emo.extractors import face, face_cnn  # noqa: F401,E402  (register the face extractors)
 
 __all__ = ["EXTRACTORS", "Extractor", "ExtractorSpec", "WeightsNotFoundError", "WeightsSource",
            "build_extractor", "resolve_weights"]

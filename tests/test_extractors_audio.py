@@ -1,0 +1,433 @@
+"""Audio extractors: MFCC, openSMILE ComParE, torchaudio SSL encoders, the paper's speech DNN."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from lightning_emo.extractors import EXTRACTORS, WeightsNotFoundError, build_extractor
+from lightning_emo.extractors import ssl as ssl_mod
+from lightning_emo.extractors.audio import MFCCFrontEnd, replicate_pad
+from lightning_emo.extractors.base import ExtractorSpec, torch_hub_checkpoint
+from lightning_emo.extractors.speech_dnn import (
+    SpeechDNN,
+    load_speech_dnn,
+    save_speech_dnn,
+    stack_context,
+)
+
+try:  # tests/ on sys.path (pytest's default rootdir-less import) or the repo root (tests as a package)
+    from hf_cache import make_hf_cache
+except ImportError:
+    from tests.hf_cache import make_hf_cache
+
+SR = 16000
+# A tiny architecture for every bundle: same structure (conv norm mode, pre/post LN, WavLM
+# attention, waveform normalisation), few parameters.
+TINY = {"encoder_num_layers": 3, "encoder_embed_dim": 32, "encoder_num_heads": 4, "encoder_ff_interm_features": 64,
+        "encoder_pos_conv_groups": 4, "encoder_pos_conv_kernel": 16,
+        "extractor_conv_layer_config": [[16, 10, 5]] + [[16, 3, 2]] * 4 + [[16, 2, 2]] * 2}
+
+
+# --------------------------------------------------------------------------- test audio
+
+
+def _speech_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Harmonics of a gliding pitch, syllable-like envelope, pauses and noise: float32 (S,)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 40 * np.sin(2 * np.pi * 0.7 * t) + 15 * np.sin(2 * np.pi * 3.1 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voiced = sum(np.sin(k * phase) * (0.8 ** k) for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 0.5
+    x = 0.3 * voiced * envelope + 0.01 * rng.standard_normal(len(t))
+    return (x / np.abs(x).max() * 0.8).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[torch.Tensor]:
+    """Real audio read back from files: a 3 s WAV written at 22.05 kHz and a 1.3 s MP4 (AAC), both at 16 kHz."""
+    try:
+        from lightning_emo.data import media
+    except ImportError:  # media decoding not available: the same signals, built directly
+        return [torch.from_numpy(_speech_like(3.0, SR, 0)), torch.from_numpy(_speech_like(1.3, SR, 1))]
+    d = tmp_path_factory.mktemp("audio")
+    wav = media.write_audio(d / "clip.wav", _speech_like(3.0, 22050, 0), sample_rate=22050)
+    frames = np.zeros((13, 32, 32, 3), np.uint8)
+    mp4 = media.write_video(d / "clip.mp4", frames, fps=10, audio=_speech_like(1.3, 44100, 1), sample_rate=44100)
+    out = [media.load_audio(wav, sample_rate=SR), media.load_audio(mp4, sample_rate=SR)]
+    assert abs(len(out[0]) - 3 * SR) < 200 and abs(len(out[1]) - 1.3 * SR) < 2000
+    return out
+
+
+def _batch(waves: list[torch.Tensor], garbage: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to a common length; the padding is noise (``garbage``) so any leak shows."""
+    lengths = torch.tensor([len(w) for w in waves])
+    x = torch.randn(len(waves), int(lengths.max()) + 123) if garbage else torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        x[i, : len(w)] = w
+    return x, lengths
+
+
+def _check_padding_invariance(extractor, waves, atol=1e-4):
+    """Padded batch == clip by clip on valid frames; padded frames are zero; shapes fit the spec."""
+    x, lengths = _batch(waves)
+    with torch.no_grad():
+        feats, out_lengths = extractor(x, lengths)
+        assert feats.dim() == 3 and feats.shape[0] == len(waves) and feats.shape[2] == extractor.spec.dim
+        assert feats.shape[1] == int(out_lengths.max())
+        for i, w in enumerate(waves):
+            single, single_len = extractor(w[None], torch.tensor([len(w)]))
+            n = int(out_lengths[i])
+            assert int(single_len[0]) == n and single.shape[1] == n
+            torch.testing.assert_close(feats[i, :n], single[0], atol=atol, rtol=1e-4)
+            assert torch.all(feats[i, n:] == 0)
+    assert torch.isfinite(feats).all()
+    return feats, out_lengths
+
+
+def test_registered_names():
+    for name in ["mfcc", "compare", "speech_dnn", "speech_bottleneck", "wav2vec2_base", "wav2vec2_large",
+                 "wav2vec2_asr_base", "hubert_base", "hubert_large", "wavlm_base", "wavlm_base_plus", "wavlm_large"]:
+        assert name in EXTRACTORS
+
+
+# --------------------------------------------------------------------------- mfcc
+
+
+def test_mfcc_spec_shapes_and_reference(clips):
+    e = build_extractor("mfcc")
+    assert (e.spec.modality, e.spec.dim, e.spec.sample_rate, e.spec.frame_rate) == ("audio", 39, SR, 100.0)
+    assert e.spec.weights.kind == "none"
+    assert ExtractorSpec.from_dict(json.loads(json.dumps(e.spec.to_dict()))) == e.spec
+    w = clips[0]
+    feats, lengths = e(w[None], torch.tensor([len(w)]), sample_rate=SR)
+    assert feats.shape == (1, (len(w) - 400) // 160 + 1, 39) and lengths.tolist() == [feats.shape[1]]
+    # Reference: torchaudio's transforms applied to the clip alone.
+    mfcc = torchaudio.transforms.MFCC(SR, n_mfcc=13, log_mels=True, melkwargs={
+        "n_fft": 400, "win_length": 400, "hop_length": 160, "n_mels": 40, "f_min": 20.0, "center": False})(w)
+    d1 = torchaudio.functional.compute_deltas(mfcc)
+    d2 = torchaudio.functional.compute_deltas(d1)
+    torch.testing.assert_close(feats[0], torch.cat([mfcc, d1, d2]).T)
+    # Rebuilds from its spec.
+    again = build_extractor(e.spec.name, **e.spec.options)
+    torch.testing.assert_close(again(w[None])[0], feats)
+
+
+@pytest.mark.parametrize("cmvn", ["none", "meanvar"])
+def test_mfcc_padding_invariance(clips, cmvn):
+    e = build_extractor("mfcc", cmvn=cmvn)
+    waves = [clips[0], clips[1], clips[0][:5000], clips[1][:300]]  # the last is shorter than one window
+    feats, lengths = _check_padding_invariance(e, waves)
+    assert lengths.tolist()[-1] == 0
+    if cmvn == "meanvar":
+        valid = feats[0, : lengths[0]]
+        torch.testing.assert_close(valid.mean(0), torch.zeros(39), atol=1e-4, rtol=0)
+        torch.testing.assert_close(valid.std(0, unbiased=False), torch.ones(39), atol=1e-3, rtol=0)
+
+
+def test_replicate_pad():
+    x = torch.arange(12.0).reshape(2, 1, 6)
+    out = replicate_pad(x, torch.tensor([4, 0]))
+    assert out[0, 0].tolist() == [0, 1, 2, 3, 3, 3] and out[1, 0].tolist() == [6] * 6
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_dims_reference_and_padding(clips):
+    import opensmile
+
+    e = build_extractor("compare")
+    assert (e.spec.dim, e.spec.frame_rate, e.spec.sample_rate) == (198, 100.0, SR)
+    names = e.feature_names
+    assert len(names) == 198 and names[65] == "mfcc0" and names[66] == "F0final_sma_de" and names[-1] == "mfcc0_de_de"
+    feats, lengths = _check_padding_invariance(e, [clips[0], clips[1], clips[1][:2400]], atol=1e-3)
+    # Reference: openSMILE directly, and the mfcc extractor's c0.
+    w = clips[0]
+    smile = opensmile.Smile(opensmile.FeatureSet.ComParE_2016, opensmile.FeatureLevel.LowLevelDescriptors)
+    ref = torch.from_numpy(smile.process_signal(w.numpy(), SR).to_numpy().copy())
+    n = int(lengths[0])
+    assert n == min(len(ref), (len(w) - 400) // 160 + 1) and n > 250
+    torch.testing.assert_close(feats[0, :n, :65], ref[:n])
+    c0 = build_extractor("mfcc")(w[None])[0][0, :n, 0]
+    torch.testing.assert_close(feats[0, :n, 65], c0)
+    static = feats[0, :n, :66].T
+    torch.testing.assert_close(feats[0, :n, 66:132].T, torchaudio.functional.compute_deltas(static),
+                               atol=1e-3, rtol=1e-4)
+    # The extractor survives pickling (openSMILE's handle is rebuilt on use).
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(e))
+    torch.testing.assert_close(clone(clips[1][None])[0], feats[1:2, : lengths[1]])
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+@pytest.mark.parametrize("name", ["mfcc", "compare"])
+def test_input_rejected_with_clear_errors(name, clips):
+    e = build_extractor(name)
+    w = clips[1][:8000]
+    with pytest.raises(ValueError, match="expects audio at 16000 Hz, got 44100 Hz"):
+        e(w[None], torch.tensor([8000]), sample_rate=44100)
+    with pytest.raises(ValueError, match=r"expects waveforms \(B, S\), got shape \(8000,\)"):
+        e(w, torch.tensor([8000]))
+    with pytest.raises(ValueError, match=r"lengths must be in \[0, 8000\]"):
+        e(w[None], torch.tensor([9000]))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(1,\)"):
+        e(w[None], torch.tensor([8000, 8000]))
+    with pytest.raises(ValueError, match="float waveforms"):
+        e((w[None] * 32767).to(torch.int16), torch.tensor([8000]))
+
+
+# --------------------------------------------------------------------------- SSL encoders
+
+
+def _save_tiny(name: str, path: Path | None = None, seed: int = 0) -> torch.nn.Module:
+    """A random TINY model of ``name``'s bundle, saved where torchaudio caches the bundle (or at ``path``)."""
+    torch.manual_seed(seed)
+    bundle = ssl_mod.SSL_MODELS[name].bundle
+    model = ssl_mod.build_architecture(bundle, TINY).eval()
+    path = path or torch_hub_checkpoint(ssl_mod.get_bundle(bundle)._path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def _reference_states(model, bundle: str, wave: torch.Tensor, num_layers: int | None = None) -> list[torch.Tensor]:
+    """Hidden states 1..L (or 1..num_layers) of one unpadded clip through torchaudio's public API."""
+    x = wave[None]
+    if ssl_mod.get_bundle(bundle)._normalize_waveform:
+        x = torch.nn.functional.layer_norm(x, x.shape)  # what the bundle's get_model() wrapper does
+    with torch.no_grad():
+        states, _ = model.extract_features(x, num_layers=num_layers)
+    return [s[0] for s in states]
+
+
+@pytest.mark.parametrize("name", sorted(ssl_mod.SSL_MODELS))
+def test_ssl_tiny_layers_padding_and_reference(name, clips):
+    model = _save_tiny(name)
+    info = ssl_mod.SSL_MODELS[name]
+    e = build_extractor(name, arch=TINY, layers="all")
+    spec = e.spec
+    assert (spec.sample_rate, spec.frame_rate, spec.dim, spec.options["num_layers"]) == (SR, 50.0, 4 * 32, 4)
+    assert (spec.weights.kind, spec.weights.uri, spec.weights.license) == ("torchaudio", info.bundle, "MIT")
+    assert spec.weights.filename == ssl_mod.get_bundle(info.bundle)._path
+    waves = [clips[1], clips[1][:9000], clips[0][:3000]]
+    feats, lengths = _check_padding_invariance(e, waves)
+    assert lengths.tolist() == e.output_lengths(torch.tensor([len(w) for w in waves])).tolist()
+    assert lengths[1] == (9000 - 400) // 320 + 1
+    # Blocks 1..L equal torchaudio's extract_features on the clip alone.
+    n = int(lengths[1])
+    stacked = feats[1, :n].view(n, 4, 32)
+    for i, ref in enumerate(_reference_states(model, info.bundle, waves[1]), start=1):
+        torch.testing.assert_close(stacked[:, i], ref, atol=1e-4, rtol=1e-4)
+    # layer=k and layers=(a, b) agree with the stacked output; the spec rebuilds the extractor.
+    x, lens = _batch(waves)
+    with torch.no_grad():
+        one = build_extractor(name, arch=TINY, layer=-2)
+        assert one.spec.options["layer"] == 2 and one.spec.dim == 32 and len(one.model.encoder.transformer.layers) == 2
+        torch.testing.assert_close(one(x, lens)[0], feats.view(*feats.shape[:2], 4, 32)[:, :, 2], atol=1e-5, rtol=1e-5)
+        avg = build_extractor(name, arch=TINY, layers=(1, 3))
+        assert avg.spec.options["layers"] == [1, 3]
+        torch.testing.assert_close(avg(x, lens)[0], feats.view(*feats.shape[:2], 4, 32)[:, :, 1:].mean(2),
+                                   atol=1e-5, rtol=1e-5)
+        spec2 = ExtractorSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+        torch.testing.assert_close(build_extractor(name, **spec2.options)(x, lens)[0], feats)
+
+
+def test_ssl_layer_options_rejected():
+    with pytest.raises(ValueError, match=r"layer must be an int in \[-13, 12\]"):
+        build_extractor("hubert_base", layer=13)
+    with pytest.raises(ValueError, match="either layer or layers"):
+        build_extractor("hubert_base", layer=1, layers="all")
+    with pytest.raises(ValueError, match="a <= b"):
+        build_extractor("hubert_base", layers=(5, 2))
+    with pytest.raises(ValueError, match="num_layers=12 does not fit"):
+        build_extractor("hubert_base", layers="all", num_layers=12)
+    with pytest.raises(ValueError, match="not a parameter of HUBERT_BASE"):
+        build_extractor("hubert_base", arch={"encoder_depth": 2})
+
+
+def test_ssl_missing_and_mismatched_weights(tmp_path):
+    expected = torch_hub_checkpoint("hubert_fairseq_base_ls960.pth")
+    assert str(expected).startswith(os.environ["TORCH_HOME"])
+    with pytest.raises(WeightsNotFoundError, match=re.escape(str(expected))):
+        build_extractor("hubert_base")
+    with pytest.raises(WeightsNotFoundError, match=re.escape(str(tmp_path / "nope.pth"))):
+        build_extractor("wavlm_base", weights=tmp_path / "nope.pth")
+    _save_tiny("wav2vec2_base", tmp_path / "tiny.pth")
+    with pytest.raises(ValueError, match="does not fit the wavlm_base architecture"):
+        build_extractor("wavlm_base", weights=tmp_path / "tiny.pth", arch=TINY)
+    with pytest.raises(ValueError, match=r"does not fit the wav2vec2_base .*has shape \(32, 16\), expected \(48, 16\)"):
+        build_extractor("wav2vec2_base", weights=tmp_path / "tiny.pth", arch={**TINY, "encoder_embed_dim": 48})
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a torch state dict"):
+        build_extractor("wav2vec2_base", weights=tmp_path / "junk.pth", arch=TINY)
+
+
+def test_ssl_download_into_torch_hub_cache(tmp_path, monkeypatch, clips):
+    model = _save_tiny("wavlm_base", tmp_path / "mirror" / "wavlm_base.pth")
+    monkeypatch.setattr(ssl_mod, "TORCHAUDIO_MODEL_URL", (tmp_path / "mirror").as_uri() + "/")
+    with pytest.raises(WeightsNotFoundError):
+        build_extractor("wavlm_base", arch=TINY)
+    e = build_extractor("wavlm_base", arch=TINY, download=True)
+    assert torch_hub_checkpoint("wavlm_base.pth").is_file() and "download" not in e.spec.options
+    with torch.no_grad():
+        torch.testing.assert_close(e(clips[1][None])[0][0], _reference_states(model, "WAVLM_BASE", clips[1])[-1],
+                                   atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["wav2vec2_asr_base", "wavlm_base"])
+def test_ssl_base_random_weights_through_real_loading(name, tmp_path, clips):
+    """The real BASE architecture, random weights saved as torchaudio ships them, loaded from the cache and a file."""
+    torch.manual_seed(0)
+    info = ssl_mod.SSL_MODELS[name]
+    bundle = ssl_mod.get_bundle(info.bundle)
+    model = ssl_mod.build_architecture(info.bundle).eval()
+    state = model.state_dict()
+    if bundle._params["aux_num_out"]:
+        # torchaudio's ASR files carry fairseq's CTC head (3 unused rows included): loading drops it.
+        state["aux.weight"] = torch.randn(bundle._params["aux_num_out"] + 3, 768)
+        state["aux.bias"] = torch.randn(bundle._params["aux_num_out"] + 3)
+    cached = torch_hub_checkpoint(bundle._path)
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+    if name == "wav2vec2_asr_base":  # the explicit file as safetensors
+        from safetensors.torch import save_file
+
+        explicit = tmp_path / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(explicit))
+    else:  # the explicit file as torchaudio ships it, elsewhere
+        explicit = tmp_path / "weights.pth"
+        os.link(cached, explicit)
+    wave = clips[1][:16000]
+    ref = _reference_states(model, info.bundle, wave, num_layers=4)
+    for kwargs in ({}, {"weights": explicit}):
+        e = build_extractor(name, layer=4, **kwargs)
+        assert e.spec.dim == 768 and e.weights_path == (explicit if kwargs else cached)
+        with torch.no_grad():
+            feats, lengths = e(wave[None], torch.tensor([len(wave)]))
+        assert feats.shape == (1, 49, 768) and lengths.tolist() == [49]
+        torch.testing.assert_close(feats[0], ref[3], atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- speech DNN
+
+
+def test_stack_context_reference():
+    x = torch.randn(2, 7, 3)
+    lengths = torch.tensor([7, 4])
+    out = stack_context(x, lengths, 2)
+    assert out.shape == (2, 7, 15)
+    for b in range(2):
+        for t in range(int(lengths[b])):
+            ref = torch.cat([x[b, min(max(t + o, 0), int(lengths[b]) - 1)] for o in range(-2, 3)])
+            torch.testing.assert_close(out[b, t], ref)
+
+
+def test_speech_dnn_architecture():
+    dnn = SpeechDNN(num_outputs=100)
+    assert dnn.input_dim == 429 and dnn.feature_dim == 1024
+    assert [tuple(layer.weight.shape) for layer in dnn.hidden_layers] == [(1024, 429)] + [(1024, 1024)] * 5
+    assert dnn.output.weight.shape == (100, 1024)
+    bn = SpeechDNN(num_outputs=100, bottleneck=60, activation="relu", linear_bottleneck=True)
+    assert bn.hidden_layers[-1].weight.shape == (60, 1024) and bn.output.weight.shape == (100, 60)
+    x = torch.randn(5, 429)
+    assert dnn.hidden(x).min() >= 0 and dnn.hidden(x).max() <= 1 and dnn(x).shape == (5, 100)
+    assert bn.hidden(x).min() < 0  # linear bottleneck
+    assert SpeechDNN(**json.loads(json.dumps(bn.config))).config == bn.config
+    with pytest.raises(ValueError, match="429 values"):
+        dnn.hidden(torch.randn(5, 39))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        SpeechDNN(num_outputs=10, activation="tanh")
+
+
+def _random_dnn(bottleneck: int | None, seed: int = 0) -> SpeechDNN:
+    torch.manual_seed(seed)
+    dnn = SpeechDNN(num_outputs=40, bottleneck=bottleneck).eval()
+    dnn.set_input_normalization(torch.randn(429), torch.rand(429) + 0.5)
+    return dnn
+
+
+def _expected_features(dnn: SpeechDNN, wave: torch.Tensor) -> torch.Tensor:
+    feats, lengths = MFCCFrontEnd(n_mfcc=13, deltas=2, cmvn="mean")(wave[None], torch.tensor([len(wave)]))
+    with torch.no_grad():
+        return dnn.hidden(stack_context(feats, lengths, 5))[0]
+
+
+@pytest.mark.parametrize("name,bottleneck,dim", [("speech_dnn", None, 1024), ("speech_bottleneck", 60, 60)])
+def test_speech_dnn_file_round_trip(name, bottleneck, dim, tmp_path, clips):
+    dnn = _random_dnn(bottleneck)
+    path = save_speech_dnn(dnn, tmp_path / "dnn.safetensors", license="CC-BY-4.0")
+    loaded = load_speech_dnn(path)
+    assert loaded.config == dnn.config
+    for k, v in dnn.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    e = build_extractor(name, weights=path)
+    spec = e.spec
+    assert (spec.dim, spec.frame_rate, spec.sample_rate, spec.options) == (dim, 100.0, SR, {"weights": str(path)})
+    assert (spec.weights.kind, spec.weights.license) == ("file", "CC-BY-4.0") and len(spec.weights.sha256) == 64
+    with torch.no_grad():
+        feats, lengths = e(clips[1][None], sample_rate=SR)
+    torch.testing.assert_close(feats[0], _expected_features(dnn, clips[1]))
+    _check_padding_invariance(e, [clips[1], clips[1][:4000], clips[0][:200]])
+    other = "speech_bottleneck" if name == "speech_dnn" else "speech_dnn"
+    with pytest.raises(ValueError, match=f"use {name}"):
+        build_extractor(other, weights=path)
+
+
+def test_speech_dnn_from_hf_cache(tmp_path, monkeypatch, clips):
+    import huggingface_hub.constants
+
+    dnn = _random_dnn(60, seed=1)
+    path = save_speech_dnn(dnn, tmp_path / "model.safetensors")
+    cache = tmp_path / "hub"
+    commit = make_hf_cache(cache, "lightning-emo/speech-dnn-a60", {"model.safetensors": path,
+                                                                  "README.md": "a60 speech DNN"}, refs=("main", "v1"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    expected = _expected_features(dnn, clips[1])
+    for revision in (commit, "v1", None):
+        e = build_extractor("speech_bottleneck", repo_id="lightning-emo/speech-dnn-a60", revision=revision,
+                            cache_dir=cache)
+        assert e.spec.weights.kind == "hf-hub" and e.spec.weights.revision == commit
+        assert e.spec.options == {"repo_id": "lightning-emo/speech-dnn-a60", "revision": revision,
+                                  "filename": "model.safetensors"}
+        with torch.no_grad():
+            torch.testing.assert_close(e(clips[1][None])[0][0], expected)
+    with pytest.raises(WeightsNotFoundError, match="lightning-emo/other"):
+        build_extractor("speech_bottleneck", repo_id="lightning-emo/other", cache_dir=cache)
+    with pytest.raises(WeightsNotFoundError, match="@" + "0" * 40):
+        build_extractor("speech_bottleneck", repo_id="lightning-emo/speech-dnn-a60", revision="0" * 40,
+                        cache_dir=cache)
+
+
+def test_speech_dnn_lightning_checkpoint_and_bad_files(tmp_path):
+    dnn = _random_dnn(None)
+    ckpt = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": {"dnn." + k: v for k, v in dnn.state_dict().items()} | {"loss.weight": torch.ones(1)},
+                "hyper_parameters": {"speech_dnn": dnn.config, "lr": 0.1}, "epoch": 3}, ckpt)
+    loaded = load_speech_dnn(ckpt)
+    x = torch.randn(3, 429)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), dnn(x))
+    assert build_extractor("speech_dnn", weights=ckpt).spec.weights.license == ""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="is not a speech DNN file"):
+        load_speech_dnn(tmp_path / "other.safetensors")
+    torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match=r"hyper_parameters\['speech_dnn'\]"):
+        load_speech_dnn(tmp_path / "bare.ckpt")
+    with pytest.raises(WeightsNotFoundError, match="weights=PATH"):
+        build_extractor("speech_dnn")
