@@ -1,0 +1,675 @@
+"""``lightning-emo extract``: frozen extractors over a manifest through a Lightning predict loop into feature stores.
+
+One store per extractor (``FEATURES_DIR/<name>/``, :mod:`lightning_emo.data.features`). The
+raw-clip DataModule decodes media in DataLoader workers; :class:`ExtractionModule` runs the
+frozen extractor in ``predict_step`` (audio: waveforms -> features; face: frames -> face
+detector crops + mask -> features) under mixed precision on GPU; :class:`FeatureStoreWriter`
+appends each rank's results to its own segment as batches finish and rank 0 merges the index
+at the end. Runs resume: committed clips are skipped. ``--trainer.devices N`` (with
+``--trainer.strategy ddp``) runs N processes.
+
+Python API: :func:`extract`. Test hook: the environment variable
+``LIGHTNING_EMO_EXTRACT_DELAY`` (seconds) makes each rank sleep after every written batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback
+from torch.utils.data import DataLoader
+
+from lightning_emo.data.features import (
+    MISSING_NO_AUDIO,
+    MISSING_NO_FRAMES,
+    MISSING_NO_VIDEO,
+    FeatureStore,
+    cache_key,
+    select_features,
+)
+from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
+from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec, build_extractor
+from lightning_emo.utils import log, setup_logging
+
+DEFAULT_FPS = 5.0
+DELAY_ENV = "LIGHTNING_EMO_EXTRACT_DELAY"
+# Modules whose import registers extractors (imported on demand, so `extract --help` stays fast).
+EXTRACTOR_MODULES = ("audio", "ssl", "speech_dnn", "face", "face_cnn")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+def register_extractors() -> None:
+    """Import every extractor module so that :data:`EXTRACTORS` knows all names."""
+    for name in EXTRACTOR_MODULES:
+        module = f"lightning_emo.extractors.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a missing dependency of an existing module is a real error
+                raise
+
+
+# --------------------------------------------------------------------------------------------
+# the Lightning parts
+
+
+@dataclass
+class ClipFeatures:
+    """One clip's extraction result: ``features (T, D)`` float32 and ``mask (T,)`` bool, or a ``missing`` reason."""
+
+    clip_id: str
+    features: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    missing: str | None = None
+
+
+class ExtractionModule(pl.LightningModule):
+    """Runs a frozen extractor (and, for faces, the face detector) in ``predict_step``.
+
+    Args:
+        extractor: a built, frozen extractor.
+        detector: the face detector (face extractors only), e.g. ``build_face_detector("mtcnn")``.
+
+    ``predict_step`` takes a raw-clip batch (:mod:`lightning_emo.data.clips`) and returns a
+    list of :class:`ClipFeatures` on the CPU (audio: ``waveform (B, S)`` -> ``(T, D)`` at the
+    extractor's frame rate, mask all True; face: ``frames`` -> crops ``(B, N, 3, S, S)`` +
+    face mask ``(B, N)`` -> ``(N, D)`` with the face mask; frames without a face hold zeros).
+    """
+
+    def __init__(self, extractor: Extractor, detector: torch.nn.Module | None = None):
+        super().__init__()
+        self.extractor = extractor.eval().requires_grad_(False)
+        self.spec: ExtractorSpec = extractor.spec
+        if self.spec.modality == "face" and detector is None:
+            raise ValueError(f"face extractor {self.spec.name!r} needs a face detector")
+        self.detector = detector.eval() if detector is not None else None
+        params = inspect.signature(extractor.forward).parameters
+        self._takes_mask = "mask" in params
+        self._takes_rate = "sample_rate" in params
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[ClipFeatures]:
+        if self.spec.modality == "audio":
+            return self._audio(batch)
+        return self._face(batch)
+
+    def _audio(self, batch: dict[str, Any]) -> list[ClipFeatures]:
+        ids = list(batch["clip_id"])
+        wave, lengths = batch["waveform"], batch["waveform_lengths"].long()
+        has_audio = _flag(batch, "has_audio", lengths > 0)
+        out = [ClipFeatures(cid, missing=MISSING_NO_AUDIO) for cid in ids]
+        keep = torch.nonzero(has_audio & (lengths > 0)).flatten()
+        for i in torch.nonzero(has_audio & (lengths == 0)).flatten().tolist():
+            out[i].missing = MISSING_NO_FRAMES  # an audio track with nothing in it
+        if len(keep):
+            sub = wave[keep, :int(lengths[keep].max())]
+            kwargs = {"sample_rate": self.spec.sample_rate} if self._takes_rate else {}
+            feats, flen = self.extractor(sub.float(), lengths[keep], **kwargs)
+            feats, flen = feats.float().cpu().numpy(), flen.cpu().tolist()
+            for j, i in enumerate(keep.tolist()):
+                n = int(flen[j])
+                out[i].missing = None if n > 0 else MISSING_NO_FRAMES
+                out[i].features, out[i].mask = feats[j, :n], np.ones(n, bool)
+        return out
+
+    def _face(self, batch: dict[str, Any]) -> list[ClipFeatures]:
+        ids = list(batch["clip_id"])
+        frames, lengths = batch["frames"], batch["frame_lengths"].long()
+        has_video = _flag(batch, "has_video", lengths > 0)
+        out = [ClipFeatures(cid, missing=MISSING_NO_FRAMES if has else MISSING_NO_VIDEO)
+               for cid, has in zip(ids, has_video.tolist())]
+        keep = torch.nonzero(has_video & (lengths > 0)).flatten().tolist()
+        if not keep:
+            return out
+        clips = [frames[i][:int(lengths[i])] for i in keep]
+        sub_len = lengths[keep]
+        # Detection in full precision: box regression under fp16/bf16 moves crops.
+        with torch.autocast(self.device.type, enabled=False):
+            faces = self.detector.crop_batch(clips, sub_len, crop_size=self.spec.crop_size)
+        kwargs = {"mask": faces.mask} if self._takes_mask else {}
+        feats, flen = self.extractor(faces.crops, sub_len.to(faces.crops.device), **kwargs)
+        mask = faces.mask.clone()
+        feats = feats.float().masked_fill(~mask[..., None], 0.0)
+        feats, mask, flen = feats.cpu().numpy(), mask.cpu().numpy(), flen.cpu().tolist()
+        for j, i in enumerate(keep):
+            n = int(flen[j])
+            out[i] = ClipFeatures(ids[i], feats[j, :n], mask[j, :n], None if n > 0 else MISSING_NO_FRAMES)
+        return out
+
+
+def _flag(batch: Mapping[str, Any], key: str, default: torch.Tensor) -> torch.Tensor:
+    value = batch.get(key)
+    if value is None:
+        return default
+    return torch.as_tensor(value, dtype=torch.bool, device=default.device)
+
+
+class FeatureStoreWriter(BasePredictionWriter):
+    """Writes each rank's :class:`ClipFeatures` into its own store segment as batches finish.
+
+    Nothing is returned to the predict loop, so memory stays bounded. At the end every rank
+    commits; :func:`run_extraction` then has all ranks meet at a barrier and rank 0 merge the
+    index. On an exception the completed clips are committed, so a re-run resumes after them.
+    """
+
+    def __init__(self, store: FeatureStore, commit_every: int = 16):
+        super().__init__(write_interval="batch")
+        self.store = store
+        self.commit_every = commit_every
+        self.writer = None
+        self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.writer = self.store.writer(rank=trainer.global_rank, commit_every=self.commit_every)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: list[ClipFeatures], batch_indices, batch,
+                           batch_idx, dataloader_idx) -> None:
+        for r in prediction:
+            if r.missing is not None:
+                self.writer.add_missing(r.clip_id, r.missing)
+            else:
+                self.writer.add(r.clip_id, r.features, r.mask)
+        if self.delay:
+            time.sleep(self.delay)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # No collective here: a rank whose share is empty skips the predict hooks altogether.
+        # The barrier and rank 0's merge follow trainer.predict (see run_extraction).
+        if self.writer is not None:
+            self.writer.close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class ExtractionProgress(Callback):
+    """Rank 0's progress in clips: a tqdm bar on a terminal, else a log line every ``interval`` seconds."""
+
+    def __init__(self, desc: str, interval: float = 10.0):
+        self.desc, self.interval = desc, interval
+        self.bar = None
+        self.done = 0
+        self.loop_seconds = 0.0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        dataloaders = trainer.predict_dataloaders
+        dl = dataloaders[0] if isinstance(dataloaders, (list, tuple)) else dataloaders
+        self.world = trainer.world_size
+        self.total = len(dl.dataset)  # rank 0's share
+        self.all = len(trainer.datamodule.todo) if hasattr(trainer.datamodule, "todo") else self.total
+        self.start = self.last = time.monotonic()
+        self.done = 0
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            suffix = f" (rank 0 of {self.world})" if self.world > 1 else ""
+            self.bar = tqdm(total=self.total, desc=self.desc + suffix, unit="clip", file=sys.stderr, dynamic_ncols=True)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.is_global_zero:
+            return
+        n = len(batch["clip_id"])
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else math.inf
+            share = f" (rank 0 of {self.world}; {self.all} clips in all)" if self.world > 1 else ""
+            log.info(f"{self.desc}: {self.done}/{self.total} clips{share}, {rate:.2f} clips/s, ETA {_hms(eta)}")
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.loop_seconds = time.monotonic() - self.start
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class ExtractionData(pl.LightningDataModule):
+    """The manifest clips not yet in the store, as raw-clip batches (decoded in DataLoader workers).
+
+    The to-do list is computed by rank 0 in :meth:`setup` and broadcast, so every rank splits
+    the same list; rank ``r`` of ``W`` takes clips ``r, r + W, ...`` (the Trainer runs with
+    ``use_distributed_sampler=False``: Lightning's own predict sampler refuses fewer clips than
+    ranks, which a resumed run can have). A rank with no clip skips the loop.
+    """
+
+    def __init__(self, manifest: Manifest, store: FeatureStore, modality: str, sample_rate: int | None,
+                 fps: float | None, batch_size: int = 8, num_workers: int = 2, on_error: str = "raise"):
+        super().__init__()
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no clip left
+        self.manifest, self.store, self.modality = manifest, store, modality
+        self.on_error = on_error
+        self.sample_rate, self.fps = sample_rate, fps
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.todo: list[Clip] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        todo = None
+        if self.trainer is None or self.trainer.is_global_zero:
+            self.store.refresh()
+            todo = [c.clip_id for c in self.manifest.clips if c.clip_id not in self.store]
+        if self.trainer is not None:
+            todo = self.trainer.strategy.broadcast(todo, src=0)
+        by_id = self.manifest.by_id()
+        self.todo = [by_id[c] for c in todo]
+
+    def predict_dataloader(self) -> DataLoader:
+        from lightning_emo.data.clips import ClipDataset, collate_clips
+
+        # Native frame size: the face detector works on whole frames and crops at the extractor's size.
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        dataset = ClipDataset(self.manifest.with_clips(self.todo[rank::world]), None,
+                              modalities=("audio",) if self.modality == "audio" else ("video",),
+                              sample_rate=self.sample_rate or 16000, fps=self.fps, missing_ok=True,
+                              on_error=self.on_error)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate_clips, pin_memory=torch.cuda.is_available())
+
+
+# --------------------------------------------------------------------------------------------
+# the Python API
+
+
+@dataclass
+class ExtractionResult:
+    """What one extractor's run did (rank 0's view, after the merge)."""
+
+    store: FeatureStore
+    written: int = 0
+    skipped: int = 0
+    no_face: int = 0
+    missing: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    loop_seconds: float = 0.0
+    processes: int = 1
+    detector: str | None = None
+    is_global_zero: bool = True
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.written / self.elapsed if self.elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        name = self.store.path.name
+        parts = [f"{self.written} clips written", f"{self.skipped} skipped (already present)"]
+        if self.store.modality == "face":
+            parts.append(f"{self.no_face} with no face (detector {self.detector})")
+        if self.missing.get(MISSING_NO_AUDIO):
+            parts.append(f"{self.missing[MISSING_NO_AUDIO]} with no audio track")
+        if self.missing.get(MISSING_NO_VIDEO):
+            parts.append(f"{self.missing[MISSING_NO_VIDEO]} with no video track")
+        if self.missing.get(MISSING_NO_FRAMES):
+            parts.append(f"{self.missing[MISSING_NO_FRAMES]} with nothing decoded "
+                         "(empty or, with --on-error warn, broken)")
+        for reason, n in sorted(self.missing.items()):
+            if reason not in (MISSING_NO_AUDIO, MISSING_NO_VIDEO, MISSING_NO_FRAMES):
+                parts.append(f"{n} missing ({reason})")
+        procs = f", {self.processes} processes" if self.processes > 1 else ""
+        loop = f" ({self.loop_seconds:.1f} s in the predict loop)" if self.loop_seconds else ""
+        return (f"extract {name}: {', '.join(parts)}; {self.elapsed:.1f} s{loop}, {self.clips_per_second:.2f} "
+                f"clips/s{procs} -> {self.store.path}")
+
+
+def _accepts(builder, name: str) -> bool:
+    params = inspect.signature(builder).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def build_for_extraction(
+    extractor: str,
+    options: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike | None = None,
+    fps: float | None = None,
+) -> Extractor:
+    """Build a registered extractor; ``weights`` and ``fps`` are passed when its builder takes them."""
+    register_extractors()
+    builder = EXTRACTORS.get(extractor)
+    options = dict(options or {})
+    if weights is not None:
+        if not _accepts(builder, "weights"):
+            raise ValueError(f"extractor {extractor!r} takes no weights file (--weights)")
+        options["weights"] = str(weights)
+    if fps is not None and "fps" not in options and _accepts(builder, "fps"):
+        options["fps"] = float(fps)
+    return build_extractor(extractor, **options)
+
+
+def extract(
+    manifest: str | os.PathLike | Manifest,
+    extractor: str,
+    out: str | os.PathLike,
+    *,
+    options: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike | None = None,
+    detector: str = "mtcnn",
+    detector_options: Mapping[str, Any] | None = None,
+    fps: float | None = None,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    precision: str = "auto",
+    dtype: str = "float16",
+    name: str | None = None,
+    select: int | None = None,
+    select_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    commit_every: int = 16,
+    on_error: str = "raise",
+    trainer: Mapping[str, Any] | None = None,
+    root: str | os.PathLike | None = None,
+) -> FeatureStore:
+    """Extract one extractor's features for every clip of a manifest into ``out/<name>``; returns the store.
+
+    Args:
+        manifest: manifest CSV (or a read :class:`Manifest`).
+        extractor: a registered extractor name (``mfcc``, ``hubert_base``, ``hog``, ``face_cnn``, ...).
+        out: the features directory; the store goes to ``out/<name>``.
+        options: the extractor builder's keyword arguments (e.g. ``{"layer": 9}``).
+        weights: a local weights file for extractors that load one.
+        detector, detector_options: the face detector (``mtcnn`` or ``none``) and its arguments.
+        fps: video frames per second sampled for face extractors (default: the spec's, else 5).
+        batch_size, num_workers: clips per batch and decoding worker processes.
+        precision: ``auto`` (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.
+        dtype: stored dtype, ``float16`` or ``float32``.
+        name: the store's directory name (default: the extractor name).
+        select: also write a derived store keeping this many random-forest-selected features
+            (fitted on the train split), ``out/<name>-sel<k>``, and return it.
+        select_options: ``FeatureSelector`` arguments.
+        overwrite: replace a store written with another configuration.
+        commit_every: clips per commit (what a killed run can lose).
+        on_error: ``raise`` (default: a broken media file stops the run, naming the clip; a re-run
+            resumes) or ``warn`` (log it and record the clip as missing, ``no_frames``).
+        trainer: more ``pl.Trainer`` arguments (``devices``, ``accelerator``, ...). Several devices
+            need ``strategy="ddp"`` launched from the command line (the script is re-run per rank).
+        root: the manifest's corpus root (default: its sidecar's).
+    """
+    result = run_extraction(manifest, extractor, out, options=options, weights=weights, detector=detector,
+                            detector_options=detector_options, fps=fps, batch_size=batch_size,
+                            num_workers=num_workers, precision=precision, dtype=dtype, name=name,
+                            overwrite=overwrite, commit_every=commit_every, on_error=on_error, trainer=trainer,
+                            root=root)
+    if result.is_global_zero:
+        log.info(result.summary())
+    if select and result.is_global_zero:
+        m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, root=root, check_files=False)
+        return select_features(result.store, m, select, overwrite=overwrite, **dict(select_options or {}))
+    return result.store
+
+
+def resolve_precision(precision: str, accelerator: Any, spec: ExtractorSpec | None = None) -> str:
+    """``auto`` -> ``bf16-mixed`` (or ``16-mixed`` without bf16) for a network on a CUDA GPU, else ``32-true``.
+
+    Handcrafted extractors (no weights: ``mfcc``, ``compare``, ``hog``) stay in fp32: they gain
+    nothing from autocast and MFCC energies lose digits in bf16.
+    """
+    if precision != "auto":
+        return precision
+    gpu = torch.cuda.is_available() and str(accelerator) in ("auto", "gpu", "cuda")
+    if not gpu or (spec is not None and spec.weights.kind == "none"):
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def run_extraction(
+    manifest: str | os.PathLike | Manifest,
+    extractor: str,
+    out: str | os.PathLike,
+    *,
+    options: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike | None = None,
+    detector: str = "mtcnn",
+    detector_options: Mapping[str, Any] | None = None,
+    fps: float | None = None,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    precision: str = "auto",
+    dtype: str = "float16",
+    name: str | None = None,
+    overwrite: bool = False,
+    commit_every: int = 16,
+    on_error: str = "raise",
+    trainer: Mapping[str, Any] | None = None,
+    root: str | os.PathLike | None = None,
+) -> ExtractionResult:
+    """:func:`extract` without the selection step, returning counts and timing (:class:`ExtractionResult`)."""
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest, root=root)
+    register_extractors()
+    builder = EXTRACTORS.get(extractor)
+    probe_fps = fps
+    model = build_for_extraction(extractor, options, weights, fps)
+    spec = model.spec
+    face = spec.modality == "face"
+    if face and probe_fps is None:
+        probe_fps = spec.frame_rate or DEFAULT_FPS
+        if spec.frame_rate is None and _accepts(builder, "fps") and "fps" not in (options or {}):
+            model = build_for_extraction(extractor, options, weights, probe_fps)
+            spec = model.spec
+    det = None
+    key_extra: dict[str, Any] = {}
+    if face:
+        from lightning_emo.extractors.face_detect import build_face_detector
+
+        det = build_face_detector(detector, crop_size=spec.crop_size, **dict(detector_options or {}))
+        key_extra["detector_options"] = dict(detector_options or {})
+    key = cache_key(spec, dtype=dtype, detector=detector if face else None, fps=probe_fps if face else None,
+                    extra=key_extra or None)
+    store_path = Path(out) / (name or extractor)
+    store = FeatureStore.create(store_path, spec, key, dtype=dtype, overwrite=overwrite)
+    total = len(manifest.clips)
+    pending = sum(1 for c in manifest.clips if c.clip_id not in store)
+    result = ExtractionResult(store, skipped=total - pending, detector=detector if face else None)
+    if pending == 0:
+        _count(result, manifest)
+        return result
+
+    trainer_args = dict(trainer or {})
+    for fixed in ("callbacks", "logger", "enable_progress_bar", "precision", "use_distributed_sampler"):
+        trainer_args.pop(fixed, None)
+    trainer_args.setdefault("accelerator", "auto")
+    trainer_args.setdefault("devices", 1)
+    trainer_args.setdefault("enable_model_summary", False)
+    trainer_args.setdefault("enable_checkpointing", False)
+    writer = FeatureStoreWriter(store, commit_every=commit_every)
+    progress = ExtractionProgress(f"extract {store_path.name}")
+    pl_trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer, progress],
+                            use_distributed_sampler=False,
+                            precision=resolve_precision(precision, trainer_args["accelerator"], spec), **trainer_args)
+    data = ExtractionData(manifest, store, spec.modality, spec.sample_rate, probe_fps, batch_size, num_workers,
+                          on_error)
+    module = ExtractionModule(model, det)
+    started = time.monotonic()
+    pl_trainer.predict(module, datamodule=data, return_predictions=False)
+    pl_trainer.strategy.barrier("lightning_emo.extract.written")
+    if pl_trainer.is_global_zero:
+        store.merge(cleanup=True)
+    pl_trainer.strategy.barrier("lightning_emo.extract.merged")
+    result.elapsed = time.monotonic() - started
+    result.loop_seconds = progress.loop_seconds
+    result.processes = pl_trainer.world_size
+    result.is_global_zero = pl_trainer.is_global_zero
+    if result.is_global_zero:
+        store.refresh()
+        result.skipped = total - len(data.todo)
+        result.written = sum(1 for c in data.todo if c.clip_id in store)
+        _count(result, manifest)
+        if result.written < len(data.todo):
+            raise RuntimeError(f"extract {store_path.name}: {len(data.todo) - result.written} of {len(data.todo)} "
+                               f"clips were not written to {store_path}; re-run to resume")
+    return result
+
+
+def _count(result: ExtractionResult, manifest: Manifest) -> None:
+    store = result.store
+    missing = store.missing
+    ids = [c.clip_id for c in manifest.clips if c.clip_id in store]
+    if store.modality == "face":
+        result.no_face = sum(1 for c in ids if c not in missing and store.n_valid(c) == 0)
+    counts: dict[str, int] = {}
+    for c in ids:
+        if c in missing:
+            counts[missing[c]] = counts.get(missing[c], 0) + 1
+    result.missing = counts
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _parse_value(value: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip().replace("-", "_")] = _parse_value(v)
+    return out
+
+
+def build_parser():
+    """The ``lightning-emo extract`` parser (jsonargparse; ``pl.Trainer`` arguments under ``--trainer.*``)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lightning-emo extract",
+        description="Run frozen feature extractors over a manifest into feature stores (one per extractor, "
+        "FEATURES_DIR/<name>/), resuming where an earlier run stopped. Several processes: --trainer.devices N "
+        "--trainer.strategy ddp.",
+    )
+    parser.add_argument("--manifest", required=True, help="the manifest CSV")
+    parser.add_argument("--root", default=None, help="the corpus root (default: the manifest sidecar's)")
+    parser.add_argument("--extractor", action="append", required=True,
+                        help="a registered extractor name; repeat for several (one store each)")
+    parser.add_argument("--out", required=True, help="the features directory (stores go to OUT/<name>/)")
+    parser.add_argument("--name", default=None,
+                        help="the store name (one --extractor only; default: the extractor name)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extractor option (YAML value), e.g. layer=9; repeatable")
+    parser.add_argument("--weights", default=None, help="local weights file for extractors that load one")
+    parser.add_argument("--detector", default="mtcnn", help="face detector: mtcnn or none (face extractors)")
+    parser.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="face detector option, e.g. min_face_size=30; repeatable")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="video frames per second sampled for face extractors "
+                        f"(default: the spec's, else {DEFAULT_FPS:g})")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per batch")
+    parser.add_argument("--num-workers", type=int, default=2, help="decoding worker processes per rank")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 (or fp16) mixed precision on GPU, fp32 on CPU")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored dtype")
+    parser.add_argument("--select", type=int, default=None, metavar="K",
+                        help="also write OUT/<name>-sel<K>: the K features a random forest fitted on the train "
+                        "split finds most important (the paper: 1024 or 2048 of the face CNN's 9216)")
+    parser.add_argument("--select-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="FeatureSelector option, e.g. n_estimators=200")
+    parser.add_argument("--on-error", default="raise", choices=("raise", "warn"),
+                        help="a broken media file: raise (stop, naming the clip; a re-run resumes) or warn "
+                        "(log it and record the clip as missing)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a store written with another configuration")
+    parser.add_argument("--commit-every", type=int, default=16,
+                        help="clips per commit (a killed run loses at most these)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the feature selection")
+    parser.add_argument("--list", action="store_true", help="list the registered extractors and exit")
+    parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False, fail_untyped=False,
+                               skip={"callbacks", "logger", "precision", "enable_progress_bar", "max_epochs",
+                                     "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
+                                     "limit_val_batches", "limit_test_batches", "val_check_interval",
+                                     "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps",
+                                     "enable_checkpointing", "accumulate_grad_batches", "gradient_clip_val",
+                                     "gradient_clip_algorithm", "overfit_batches", "reload_dataloaders_every_n_epochs",
+                                     "enable_autolog_hparams", "model_registry", "fast_dev_run",
+                                     "use_distributed_sampler"})
+    parser.set_defaults({"trainer.devices": 1})
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lightning-emo extract``."""
+    if argv is not None and "--list" in argv:
+        register_extractors()
+        print("\n".join(EXTRACTORS.names()))
+        return 0
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    setup_logging()
+    if cfg.name and len(cfg.extractor) > 1:
+        parser.error("--name works with one --extractor only")
+    try:
+        options = _parse_pairs(cfg.option, "--option")
+        detector_options = _parse_pairs(cfg.detector_option, "--detector-option")
+        select_options = _parse_pairs(cfg.select_option, "--select-option")
+    except ValueError as e:
+        parser.error(str(e))
+    trainer_args = {k: v for k, v in parser.instantiate(cfg).trainer.as_dict().items() if v is not None}
+    register_extractors()
+    for name in cfg.extractor:
+        if name not in EXTRACTORS:
+            parser.error(f"unknown extractor {name!r}; known: {', '.join(EXTRACTORS.names())}")
+    try:
+        manifest = read_manifest(cfg.manifest, root=cfg.root)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    results = []
+    for name in cfg.extractor:
+        try:
+            result = run_extraction(manifest, name, cfg.out, options=options, weights=cfg.weights,
+                                    detector=cfg.detector, detector_options=detector_options, fps=cfg.fps,
+                                    batch_size=cfg.batch_size, num_workers=cfg.num_workers, precision=cfg.precision,
+                                    dtype=cfg.dtype, name=cfg.name, overwrite=cfg.overwrite,
+                                    commit_every=cfg.commit_every, on_error=cfg.on_error, trainer=trainer_args)
+        except (ValueError, OSError, RuntimeError, KeyError) as e:
+            print(f"error: extract {name}: {e}", file=sys.stderr)
+            return 1
+        if not result.is_global_zero:
+            continue
+        print(result.summary(), flush=True)
+        results.append(result)
+    if cfg.select and results:
+        for result in results:
+            try:
+                derived = select_features(result.store, manifest, cfg.select, seed=cfg.seed, overwrite=cfg.overwrite,
+                                          **select_options)
+            except (ValueError, OSError, RuntimeError) as e:
+                print(f"error: select {result.store.path.name}: {e}", file=sys.stderr)
+                return 1
+            print(f"select {result.store.path.name}: kept {derived.dim} of {result.store.dim} features "
+                  f"-> {derived.path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
