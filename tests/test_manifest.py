@@ -157,3 +157,12 @@ def test_unknown_speakers_fall_back_to_stratified_clip_split():
     for label in m.classes:
         clips = [c for c in out if c.label == label]
         assert abs(sum(c.split == "train" for c in clips) / len(clips) - 0.7) < 0.06
+
+
+@pytest.mark.parametrize("n_speakers", [3, 4, 10])
+def test_every_split_gets_a_speaker_even_on_tiny_corpora(n_speakers):
+    m = _speaker_manifest(n_speakers=n_speakers, per_speaker=5)
+    out = assign_splits(m, seed=0)
+    assert {c.split for c in out} == {"train", "val", "test"}
+    assert check_speaker_independent(out.clips) == {}
+    assert len(out.split("train")) > len(out.split("val"))

@@ -281,6 +281,16 @@ def assign_splits(
         have = {s: Counter() for s in SPLITS}
         n_split = Counter()
         total = len(todo)
+        # Every split with a non-zero ratio gets at least one speaker (when there are enough):
+        # seed the small splits first with the smallest speakers, then deal the rest.
+        wanted = [s for s, r in sorted(zip(SPLITS, ratios), key=lambda sr: sr[1]) if r > 0]
+        if len(speakers) >= len(wanted):
+            for split, spk in zip(wanted, reversed(speakers)):
+                have[split].update(Counter(c.label for c in groups[spk]))
+                n_split[split] += len(groups[spk])
+                for c in groups[spk]:
+                    assignment[c.clip_id] = split
+            speakers = [s for s in speakers if groups[s][0].clip_id not in assignment]
         for spk in speakers:
             counts = Counter(c.label for c in groups[spk])
 
