@@ -1,0 +1,121 @@
+"""The LightningCLI behind ``lightning-emo fit|validate|test|predict``: links, callbacks and defaults.
+
+What the data knows is linked into the model on instantiation, never written twice: the class
+names and their number, the input dimension, the modality, the extractor spec and the training
+class counts (``data.<attr> -> model.init_args.<attr>``; a datamodule without an attribute,
+e.g. raw clips have no ``input_dim``, simply does not set it).
+
+Callbacks every run gets (each configurable under its own key):
+
+* ``checkpoint``: ``ModelCheckpoint`` on ``val/acc`` (mode max), plus ``last.ckpt``;
+* ``early_stopping``: ``EarlyStopping`` on ``val/acc`` (mode max, patience 20);
+* ``predictions``: :class:`~lightning_emo.models.writer.PredictionsWriter`, which makes
+  ``predict`` write ``predictions.csv`` into the run directory (or ``--predictions.output``);
+* ``fusion``: :class:`~lightning_emo.fusion.callback.FusionPriorCallback` (validation
+  micro-F1 per modality, the fusion prior, saved in the checkpoint), when installed.
+
+Defaults: a CSV logger under ``runs/`` (TensorBoard and wandb loggers: ``configs/logger/``),
+``seed_everything: 0`` and ``trainer.deterministic: warn`` (same seed, same metrics on CPU), the
+resolved config saved as ``config.yaml`` in the run directory. Multi-GPU:
+``--trainer.devices N --trainer.strategy ddp``.
+
+Usage::
+
+    lightning-emo fit --config configs/experiment/synthetic_audio.yaml
+    lightning-emo fit --config configs/experiment/synthetic_audio.yaml --print_config
+    lightning-emo predict --config runs/synthetic_audio/version_0/config.yaml --ckpt_path best
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pytorch_lightning import LightningDataModule
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from lightning_emo.models.module import EmotionModule
+from lightning_emo.models.writer import PredictionsWriter
+from lightning_emo.utils import setup_logging
+
+# datamodule attribute -> EmotionModule argument (same name)
+LINKED = ("num_classes", "classes", "input_dim", "modality", "extractor_spec", "class_counts")
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "runs",
+                                                                                  "name": "emotion"}},
+    "deterministic": "warn",
+    "max_epochs": 50,
+}
+
+
+def _import_datamodules() -> None:
+    """Import the package's datamodules so configs can name them by class name (``FeatureDataModule``)."""
+    for module in ("lightning_emo.data.features", "lightning_emo.data.clips"):
+        try:
+            __import__(module)
+        except ImportError:  # an optional part that is not installed / not built
+            pass
+
+
+def _fusion_callback():
+    try:
+        from lightning_emo.fusion.callback import FusionPriorCallback
+    except ImportError:
+        return None
+    return FusionPriorCallback
+
+
+class EmotionCLI(LightningCLI):
+    """LightningCLI for :class:`EmotionModule` (and its subclasses) over any LightningDataModule."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.filename": "best-epoch={epoch}-val_acc={val/acc:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.save_last": True,
+        })
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": "val/acc", "early_stopping.mode": "max",
+                             "early_stopping.patience": 20})
+        parser.add_lightning_class_args(PredictionsWriter, "predictions")
+        fusion = _fusion_callback()
+        if fusion is not None:
+            parser.add_lightning_class_args(fusion, "fusion")
+        for name in LINKED:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+
+def cli(argv: list[str] | None = None, run: bool = True, **kwargs: Any) -> EmotionCLI:
+    """Build (and by default run) the CLI on ``argv`` (``["fit", "--config", ...]``); returns the CLI object."""
+    _import_datamodules()
+    defaults = dict(
+        model_class=EmotionModule,
+        subclass_mode_model=True,
+        datamodule_class=LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        trainer_defaults=TRAINER_DEFAULTS,
+        auto_configure_optimizers=False,  # EmotionModule owns its param groups (output-layer weight decay)
+    )
+    defaults.update(kwargs)
+    return EmotionCLI(args=argv, run=run, **defaults)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lightning-emo fit|validate|test|predict ...``: ``argv`` starts with the subcommand."""
+    setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # LightningCLI reads sys.argv itself when it holds exactly these arguments (the console script,
+    # and the processes DDP launches from it); passing them again only earns a warning
+    cli(None if argv == sys.argv[1:] else argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
