@@ -8,6 +8,9 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# Tests that need offline mode set it themselves; an inherited HF_HUB_OFFLINE=1 would change
+# what huggingface_hub reads at import for every other test.
+os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # Tiny models on 2 shared cores: one intra-op thread is 10x faster than two competing ones.

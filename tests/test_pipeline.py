@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -13,7 +14,7 @@ TINY = ["--synth.clips_per_class", "4", "--synth.num_speakers", "6",
         "--train_args", '["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"]']
 
 
-def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys):
+def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
     out = tmp_path / "run"
     assert main(["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(out),
                  "--num_workers", "0", *TINY]) == 0
@@ -32,9 +33,10 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys):
     assert len((fusion / "table3_fusion.csv").read_text().strip().splitlines()) == 1 + 4
 
     # a re-run reuses stores and trained heads instead of recomputing them
+    caplog.set_level(logging.INFO, logger="lightning_emo")
     assert main(["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(out),
                  "--num_workers", "0", *TINY]) == 0
-    assert "reusing" in capsys.readouterr().err
+    assert "reusing" in caplog.text
 
 
 def test_protocol_needs_both_modalities(tmp_path):
