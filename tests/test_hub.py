@@ -19,13 +19,6 @@ from lightning_emo.hub._testing import CLASSES, random_clip, tiny_model, train_h
 TOKEN = "hf_TESTtokenDoNotPrint0123456789abcdef"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny LSTMs run far faster on one thread than with intra-op threads fighting for a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lightning_emo.cli import main as cli_main
 from lightning_emo.hub import Recognizer
 from lightning_emo.hub._testing import CLASSES, random_clip, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny LSTMs run far faster on one thread than with intra-op threads fighting for a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

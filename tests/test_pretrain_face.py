@@ -25,13 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(fc_dims=(64, 64), optimizer="adam", lr=1e-3, dropout=0.2, scheduler=None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Two threads on a shared 2-core machine spend most of their time waiting for each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

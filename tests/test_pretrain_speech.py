@@ -33,13 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_dim=128, num_hidden=2, context=5, activation="relu", lr=3e-3, frontend={"cmvn": "none"})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Two threads on a shared 2-core machine spend most of their time waiting for each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from hf_cache import make_hf_cache
 
@@ -16,12 +15,6 @@ from lightning_emo.hub._testing import CLASSES, random_clip, tiny_model
 from lightning_emo.hub.zoo import README, entry_names, get_entry, list_entries, render_readme, zoo_dir
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
