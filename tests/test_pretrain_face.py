@@ -199,12 +199,12 @@ def test_export_loads_as_face_cnn_and_runs_extract_with_selection(trained, tmp_p
 
 
 def test_pretrain_cli_fit_with_shipped_config(faces, tmp_path, monkeypatch):
-    from lightning_emo.pretrain.cli import cli
+    from lightning_emo.cli import main as lightning_emo
     from lightning_emo.pretrain.export import export_checkpoint
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["lightning-emo"])  # as from the console script: arguments come from cli(...)
-    cli(["fit", "--config", str(REPO / "configs" / "pretrain" / "face_cnn.yaml"),
+    lightning_emo(["fit", "--config", str(REPO / "configs" / "pretrain" / "face_cnn.yaml"),
          "--data.init_args.root", str(faces), "--data.init_args.num_workers", "0",
          "--data.init_args.batch_size", "8", "--model.init_args.fc_dims", "[32, 32]",
          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",

@@ -385,12 +385,12 @@ def test_vocabulary_mismatch_with_checkpoint_is_an_error(trained, asr_corpus, tm
 @pytest.mark.parametrize("config, dim", [("speech_dnn.yaml", 32), ("speech_bottleneck.yaml", 60)])
 def test_pretrain_cli_fit_with_shipped_config(asr_corpus, tmp_path, monkeypatch, config, dim):
     from lightning_emo.extractors import build_extractor
-    from lightning_emo.pretrain.cli import cli
+    from lightning_emo.cli import main as lightning_emo
     from lightning_emo.pretrain.export import main as export_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["lightning-emo"])  # as from the console script: arguments come from cli(...)
-    cli(["fit", "--config", str(REPO / "configs" / "pretrain" / config),
+    lightning_emo(["fit", "--config", str(REPO / "configs" / "pretrain" / config),
          "--data.init_args.manifest", str(asr_corpus), "--data.init_args.corpus", "csv",
          "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8",
          "--model.init_args.hidden_dim", "32", "--model.init_args.num_hidden", "2",

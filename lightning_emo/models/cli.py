@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from pytorch_lightning import LightningDataModule
+from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -52,7 +52,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 def _import_datamodules() -> None:
     """Import the package's datamodules so configs can name them by class name (``FeatureDataModule``)."""
-    for module in ("lightning_emo.data.features", "lightning_emo.data.clips"):
+    for module in ("lightning_emo.data.features", "lightning_emo.data.clips", "lightning_emo.pretrain.asr_data",
+                   "lightning_emo.pretrain.face_data", "lightning_emo.pretrain.speech", "lightning_emo.pretrain.faces"):
         try:
             __import__(module)
         except ImportError:  # an optional part that is not installed / not built
@@ -68,7 +69,18 @@ def _fusion_callback():
 
 
 class EmotionCLI(LightningCLI):
-    """LightningCLI for :class:`EmotionModule` (and its subclasses) over any LightningDataModule."""
+    """LightningCLI for :class:`EmotionModule` (and any other LightningModule) over any LightningDataModule.
+
+    Other LightningModules (the source-task recipes of :mod:`lightning_emo.pretrain`) get the
+    same trainer, checkpoint, early-stopping and logger options, without the callbacks that
+    read emotion posteriors (the fusion prior, ``predictions.csv``).
+    """
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        if not isinstance(self.model, EmotionModule):
+            emotion_only = tuple(c for c in (PredictionsWriter, _fusion_callback()) if c is not None)
+            callbacks = [c for c in callbacks if not isinstance(c, emotion_only)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -94,7 +106,7 @@ def cli(argv: list[str] | None = None, run: bool = True, **kwargs: Any) -> Emoti
     """Build (and by default run) the CLI on ``argv`` (``["fit", "--config", ...]``); returns the CLI object."""
     _import_datamodules()
     defaults = dict(
-        model_class=EmotionModule,
+        model_class=LightningModule,  # EmotionModule by default in configs; pretrain recipes too
         subclass_mode_model=True,
         datamodule_class=LightningDataModule,
         subclass_mode_data=True,
