@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BaseFinetuning
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -48,6 +50,11 @@ from lightning_emo.models.heads import Head, build_head, valid_frames
 from lightning_emo.utils import log
 
 SPLITS = ("train", "val", "test")
+
+# Our epoch metrics are already reduced over processes (torchmetrics) and logged without
+# sync_dist on purpose (see EmotionModule._log_metrics); Lightning's advice to add it is moot.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(train|val|test)/",
+                        category=PossibleUserWarning)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = (None, "plateau", "cosine")
 
@@ -234,6 +241,7 @@ class EmotionModule(pl.LightningModule):
         self.train_metrics = _metric_collection(self.num_classes)
         self.val_metrics = _metric_collection(self.num_classes)
         self.test_metrics = _metric_collection(self.num_classes)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
 
     def _check_counts_weights(self, class_counts) -> torch.Tensor:
         if len(class_counts) != self.num_classes:
@@ -383,10 +391,11 @@ class EmotionModule(pl.LightningModule):
         if n:
             loss = F.cross_entropy(logits[use], label[use], weight=self.class_weight)
             getattr(self, f"{split}_metrics").update(logits[use].detach(), label[use])
+            getattr(self, f"{split}_loss").update(loss.detach(), weight=n)
         else:  # keeps the graph (DDP needs every rank to backward) without a NaN
             loss = logits.sum() * 0.0
-        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, batch_size=max(n, 1),
-                 sync_dist=True, prog_bar=split != "test")
+        if split == "train":  # this process's loss, for the progress bar (the epoch mean is synchronised)
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=max(n, 1))
         return {"loss": loss, "probs": logits[use].detach().softmax(-1), "label": label[use]}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -422,18 +431,32 @@ class EmotionModule(pl.LightningModule):
         self._log_metrics("test")
 
     def _log_metrics(self, split: str) -> None:
+        """Compute the split's metrics over all processes and log them.
+
+        Every collective operation of the epoch end happens here, in the same order on every rank
+        (torchmetrics' own synchronisation); the values are then logged without ``sync_dist``.
+        Lightning would otherwise reduce ``sync_dist`` values lazily whenever a callback asks for
+        metrics, and a progress bar asks on rank 0 only: the ranks' collectives would interleave
+        differently and DDP would hang.
+        """
         metrics: MetricCollection = getattr(self, f"{split}_metrics")
-        if not metrics["acc"].update_called:  # e.g. no validation batches
+        loss_metric: MeanMetric = getattr(self, f"{split}_loss")
+        updated = torch.tensor(float(metrics["acc"].update_called), device=self.device)
+        if self.trainer.world_size > 1:  # agree on whether any rank saw a clip (no rank skips a collective)
+            updated = self.trainer.strategy.reduce(updated, reduce_op="sum")
+        if float(updated) == 0:  # e.g. no validation clips
             metrics.reset()
+            loss_metric.reset()
             return
         values = metrics.compute()  # synchronised across processes by torchmetrics
+        loss = loss_metric.compute()
         metrics.reset()
+        loss_metric.reset()
         scalars = {f"{split}/{k}": v for k, v in values.items() if k not in ("acc", "recall", "confusion")}
         scalars.update({f"{split}/recall/{c}": v for c, v in zip(self.classes, values["recall"])})
-        # already reduced over ranks by compute(); sync_dist averages identical values (exact) and
-        # keeps Lightning's distributed-logging contract
-        self.log_dict(scalars, sync_dist=True)
-        self.log(f"{split}/acc", values["acc"], prog_bar=split != "train", sync_dist=True)
+        self.log_dict(scalars, sync_dist=False)
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
+        self.log(f"{split}/acc", values["acc"], prog_bar=split != "train", sync_dist=False)
         if split != "train" and not self.trainer.sanity_checking:
             self._save_confusion(split, values["confusion"])
 
@@ -446,7 +469,7 @@ class EmotionModule(pl.LightningModule):
         if not trainer.is_global_zero:
             return
         cm = matrix.detach().cpu().long().numpy()
-        if isinstance(log_dir, (str, os.PathLike)):
+        if isinstance(log_dir, (str, os.PathLike)) and self.loggers:  # no logger, no run directory to write in
             os.makedirs(log_dir, exist_ok=True)
             record = {"epoch": self.current_epoch, "step": self.global_step, "classes": self.classes,
                       "rows": "true", "cols": "predicted", "matrix": cm.tolist()}
