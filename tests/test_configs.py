@@ -1,4 +1,4 @@
-"""Every shipped training config (configs/{experiment,trainer,logger,model}/) runs through the real CLI with fast_dev_run.
+"""Every shipped training config (configs/{experiment,trainer,logger,model}/) runs through the CLI with fast_dev_run.
 
 Experiment configs say, in a comment, the ``lightning-emo extract`` command that makes their
 feature store. The test runs that very command (through the real ``extract`` CLI) on a tiny

@@ -375,4 +375,23 @@ def test_a_frozen_extractor_stays_out_of_the_checkpoint(tmp_path):
     batch = _WaveformData.collate(data.items[:4])
     module.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.eval().predict_step(batch, 0)["probs"], module.predict_step(batch, 0)["probs"])
+        expected = module.predict_step(batch, 0)["probs"]
+        torch.testing.assert_close(loaded.eval().predict_step(batch, 0)["probs"], expected)
+
+
+def test_top_blocks_of_real_backbones():
+    """Which blocks `unfreeze_layers` means: the ones nearest the output, found in the module tree."""
+    from lightning_emo.extractors.base import build_extractor
+    from lightning_emo.extractors.ssl import build_architecture
+
+    def names(model, n):
+        by_id = {id(m): name for name, m in model.named_modules()}
+        return [by_id[id(b)] for b in top_blocks(model, n)]
+
+    assert names(build_architecture("WAV2VEC2_ASR_BASE_960H"), 2) == ["encoder.transformer.layers.10",
+                                                                     "encoder.transformer.layers.11"]
+    assert names(build_extractor("facenet_vggface2", pretrained=False), 1) == ["net.repeat_3.4"]
+    assert names(build_extractor("timm", model_name="resnet18.a1_in1k", pretrained=False), 1) == ["net.layer4.1"]
+    with pytest.raises(ValueError, match="unfreeze_layers must be >= 1"):
+        top_blocks(nn.Linear(2, 2), 0)
+    assert top_blocks(nn.Linear(2, 2), None)[0].in_features == 2

@@ -1,4 +1,4 @@
-"""``lightning-emo fit|test|predict`` end to end: links, saved config, checkpoints, predictions.csv, seeds, loggers, DDP."""
+"""``lightning-emo fit|test|predict`` end to end: links, saved config, checkpoints, predictions, seeds, loggers, DDP."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def test_synthetic_corpus_well_above_chance_for_both_modalities(tmp_path):
 
     manifest = synthesize(tmp_path / "corpus", clips_per_class=30, seed=0)
     accuracies = {}
-    for config, store, floor in ((AUDIO, "mfcc", 0.25), (FACE, "hog", 0.35)):
+    for config, store, floor in ((AUDIO, "mfcc", 0.22), (FACE, "hog", 0.35)):  # chance: 1/7 = 0.143
         run_documented_extract(config, manifest, tmp_path / "corpus" / "features")
         fit(["--config", str(config), *_data(tmp_path / "corpus", store), *QUIET])
         run = _run_dir(config.stem)

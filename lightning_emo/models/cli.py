@@ -1,5 +1,7 @@
 """The LightningCLI behind ``lightning-emo fit|validate|test|predict``: links, callbacks and defaults.
 
+The model is any LightningModule named by ``model.class_path``: :class:`EmotionModule` in every
+emotion config, the source-task recipes of :mod:`lightning_emo.pretrain` in ``configs/pretrain/``.
 What the data knows is linked into the model on instantiation, never written twice: the class
 names and their number, the input dimension, the modality, the extractor spec and the training
 class counts (``data.<attr> -> model.init_args.<attr>``; a datamodule without an attribute,
@@ -14,16 +16,19 @@ Callbacks every run gets (each configurable under its own key):
 * ``fusion``: :class:`~lightning_emo.fusion.callback.FusionPriorCallback` (validation
   micro-F1 per modality, the fusion prior, saved in the checkpoint), when installed.
 
+The last two read emotion posteriors and are dropped for other LightningModules.
+
 Defaults: a CSV logger under ``runs/`` (TensorBoard and wandb loggers: ``configs/logger/``),
-``seed_everything: 0`` and ``trainer.deterministic: warn`` (same seed, same metrics on CPU), the
-resolved config saved as ``config.yaml`` in the run directory. Multi-GPU:
-``--trainer.devices N --trainer.strategy ddp``.
+``seed_everything: 0`` and ``trainer.deterministic: warn`` (same seed, same metrics on CPU for
+a fixed number of threads), the resolved config saved as ``config.yaml`` in the run directory.
+Multi-GPU: ``--trainer.devices N --trainer.strategy ddp``.
 
 Usage::
 
     lightning-emo fit --config configs/experiment/synthetic_audio.yaml
     lightning-emo fit --config configs/experiment/synthetic_audio.yaml --print_config
-    lightning-emo predict --config runs/synthetic_audio/version_0/config.yaml --ckpt_path best
+    lightning-emo predict --config runs/synthetic_audio/version_0/config.yaml \
+        --ckpt_path runs/synthetic_audio/version_0/checkpoints/last.ckpt
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ content, e.g. a face was found) removes further frames *inside* that range. Befo
 sees a batch, :func:`compact` moves each row's valid frames to the front (in order) and zeroes
 the rest, so masked frames and padding never enter a recurrent state, an attention weight or a
 mean. Recurrent heads then run on ``pack_padded_sequence``: a padded batch gives the same
-logits as its clips one by one.
+logits as its clips one by one. With ``frame_pool=k`` every run of ``k`` consecutive valid
+frames is averaged after compaction (100 -> 10 frames/s for ``k = 10``: cheaper recurrences).
 
 Stacked SSL layers (an extractor run with ``layers="all"``: ``D = L * H``, or a 4-D
 ``(B, T, L, H)`` input) are reduced first by a learned softmax-weighted sum over the ``L``

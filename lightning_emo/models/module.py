@@ -395,7 +395,8 @@ class EmotionModule(pl.LightningModule):
         else:  # keeps the graph (DDP needs every rank to backward) without a NaN
             loss = logits.sum() * 0.0
         if split == "train":  # this process's loss, for the progress bar (the epoch mean is synchronised)
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=max(n, 1))
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True,
+                     batch_size=max(n, 1))
         return {"loss": loss, "probs": logits[use].detach().softmax(-1), "label": label[use]}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -550,11 +551,14 @@ def _set_train_where_trainable(module: nn.Module, mode: bool, parent_trainable: 
 
 
 def top_blocks(extractor: nn.Module, n: int | None) -> list[nn.Module]:
-    """The extractor's top ``n`` blocks (``None`` = the whole extractor).
+    """The extractor's top ``n`` blocks, nearest the output (``None`` = the whole extractor).
 
-    An extractor may say what its blocks are with a ``finetune_blocks()`` method (bottom to top);
-    otherwise the blocks are the entries of its largest ``nn.ModuleList`` / ``nn.Sequential``
-    (the transformer layers of an SSL encoder, the stages of a CNN).
+    An extractor may say what its blocks are with a ``finetune_blocks()`` method (bottom to top).
+    Otherwise the blocks are the entries of its last outermost ``nn.ModuleList``/``nn.Sequential``
+    with several parameterised entries and at least a quarter of the largest such container's
+    parameters, in registration order: the transformer layers of a
+    wav2vec 2.0 / HuBERT encoder (after its convolutional front end), the stages of a timm CNN,
+    the last repeated block group of facenet's InceptionResnetV1.
     """
     if n is None:
         return [extractor]
@@ -563,13 +567,21 @@ def top_blocks(extractor: nn.Module, n: int | None) -> list[nn.Module]:
     if hasattr(extractor, "finetune_blocks"):
         blocks = list(extractor.finetune_blocks())
     else:
-        candidates = [m for m in extractor.modules()
-                      if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 1]
+        candidates: list[tuple[str, nn.Module]] = []
+        for name, module in extractor.named_modules():
+            if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+                continue
+            if sum(1 for child in module.children() if any(True for _ in child.parameters())) < 2:
+                continue
+            if any(name.startswith(outer + ".") for outer, _ in candidates):
+                continue  # nested inside a container already found
+            candidates.append((name, module))
         if not candidates:
-            raise ValueError(f"cannot find the blocks of extractor {type(extractor).__name__}; "
-                             "use unfreeze_layers=None to unfreeze all of it")
-        largest = max(candidates, key=lambda m: sum(p.numel() for p in m.parameters()))
-        blocks = list(largest)
+            raise ValueError(f"cannot find the blocks of extractor {type(extractor).__name__}; give it a "
+                             "finetune_blocks() method or use unfreeze_layers=None to unfreeze all of it")
+        sizes = [sum(p.numel() for p in module.parameters()) for _, module in candidates]
+        # the last one that holds a real share of the network (not a small branch inside a block)
+        blocks = list([m for (_, m), size in zip(candidates, sizes) if size >= 0.25 * max(sizes)][-1])
     return blocks[-n:]
 
 

@@ -53,11 +53,16 @@ class PredictionsWriter(BasePredictionWriter):
             rows = [r for part in gathered for r in part]
         log_dir = trainer.log_dir  # a collective: every rank asks
         path = Path(self.output) if self.output else default_predictions_path(log_dir, trainer.ckpt_path)
+        self.last_path = path
+        error: Exception | None = None
         if trainer.is_global_zero:
-            self.last_path = self._write(path, rows, trainer, pl_module)
-        else:
-            self.last_path = path
+            try:
+                self.last_path = self._write(path, rows, trainer, pl_module)
+            except Exception as e:  # release the other ranks before failing
+                error = e
         trainer.strategy.barrier("predictions_writer")
+        if error is not None:
+            raise error
 
     def _write(self, path: Path, rows: list[tuple[str, str, int, np.ndarray]], trainer: pl.Trainer,
                pl_module: pl.LightningModule) -> Path:
