@@ -267,7 +267,7 @@ class ClipDataModule(pl.LightningDataModule):
         self.shuffle, self.drop_last = shuffle, drop_last
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self._manifest: Manifest | None = None
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["classes"])  # the model carries the class list (linked)
 
     # -- the manifest, read once on first use
 
