@@ -49,6 +49,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+class LocatedError(ValueError):
+    """A bad input file; the message starts with ``FILE, line N, <kind> 'NAME':``.
+
+    Subclasses name what ``kind`` of place they point at (a manifest ``field``, a CSV ``column``).
+    """
+
+    kind = "field"
+
+    def __init__(self, file: str | os.PathLike, message: str, line: int | None = None, where: str | None = None):
+        location = str(file)
+        if line is not None:
+            location += f", line {line}"
+        if where is not None:
+            location += f", {self.kind} '{where}'"
+        super().__init__(f"{location}: {message}")
+        self.file, self.line, self.where = str(file), line, where
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     if not log.handlers:
         handler = logging.StreamHandler()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lightning_emo.utils import atomic_write_text
+from lightning_emo.utils import LocatedError, atomic_write_text
 
 REQUIRED_COLUMNS = ("clip_id", "path", "label", "split", "speaker")
 OPTIONAL_COLUMNS = ("start", "end")
@@ -30,17 +30,14 @@ SPLITS = ("train", "val", "test")
 DEFAULT_RATIOS = (0.7, 0.1, 0.2)  # the paper's 7:1:2
 
 
-class ManifestError(ValueError):
+class ManifestError(LocatedError):
     """A manifest that cannot be used; the message names the file, line and field."""
 
+    kind = "field"
+
     def __init__(self, file: str | os.PathLike, message: str, line: int | None = None, field: str | None = None):
-        where = str(file)
-        if line is not None:
-            where += f", line {line}"
-        if field is not None:
-            where += f", field '{field}'"
-        super().__init__(f"{where}: {message}")
-        self.file, self.line, self.field = str(file), line, field
+        super().__init__(file, message, line, field)
+        self.field = field
 
 
 @dataclass(frozen=True)

@@ -22,23 +22,20 @@ from typing import Sequence
 
 import numpy as np
 
-from lightning_emo.utils import atomic_write_text
+from lightning_emo.utils import LocatedError, atomic_write_text
 
 KEY_COLUMNS = ("clip_id", "split", "label")
 SUM_TOLERANCE = 1e-3  # rows must sum to 1 within this (values are written with 8 significant digits)
 
 
-class PredictionsError(ValueError):
+class PredictionsError(LocatedError):
     """A predictions file that cannot be used; the message names the file, line and column."""
 
+    kind = "column"
+
     def __init__(self, file: str | os.PathLike, message: str, line: int | None = None, column: str | None = None):
-        where = str(file)
-        if line is not None:
-            where += f", line {line}"
-        if column is not None:
-            where += f", column '{column}'"
-        super().__init__(f"{where}: {message}")
-        self.file, self.line, self.column = str(file), line, column
+        super().__init__(file, message, line, column)
+        self.column = column
 
 
 @dataclass(eq=False)
