@@ -56,3 +56,18 @@ def test_demo_fusion_beats_the_best_single_modality(tmp_path):
     fused = max(float(r["test_accuracy"]) for r in rows if r["kind"] != "single")
     assert single > 1 / 7 + 0.1
     assert fused > single
+
+
+@pytest.mark.parametrize("config", ["synthetic.yaml", "cheavd.yaml"])
+def test_every_protocol_config_parses_and_names_existing_train_configs(config, capsys):
+    import yaml
+
+    from lightning_emo.pipeline import Protocol, _parser, resolve_config
+
+    parser = _parser()
+    cfg = parser.instantiate(parser.parse_args(["--config", f"configs/reproduce/{config}"]))
+    protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
+    assert protocol.audio and protocol.video
+    for fs in [*protocol.audio.values(), *protocol.video.values()]:
+        train = yaml.safe_load(resolve_config(fs.train_config or protocol.train_config).read_text())
+        assert train["model"]["class_path"].endswith("EmotionModule")
