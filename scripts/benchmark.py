@@ -89,7 +89,6 @@ class Config:
     epochs: int = 3
     per_clip_subset: int = 160  # clips timed for the batch-1 loop (extrapolated to the epoch)
     packed_batches: int = 8  # batches timed for the bare packed loop (extrapolated: it is the slow one)
-    lightning_batches: int | None = 12  # batches per epoch for the (slow) packed 100 frames/s Lightning runs
     feature_kinds: tuple[str, ...] = ("audio39", "audio60", "video1024")
     # inference
     clip_seconds: float = 10.0
@@ -109,7 +108,6 @@ class Config:
     def quick_config(cls) -> "Config":
         return cls(quick=True, repeats=1, clips_per_class=1, frame_size=128, min_speech=0.4, max_speech=1.0,
                    n_train=140, n_val=20, n_test=40, epochs=2, per_clip_subset=20, packed_batches=2,
-                   lightning_batches=None,
                    feature_kinds=("audio39", "video1024"),
                    clip_seconds=3.0, clip_height=360, clip_width=640, clip_face=160, timeline_minutes=(0.25, 0.5),
                    timeline_heavy_minutes=(), scale_factor=2, scale_extractors=("mfcc",), ddp_epochs=1)
@@ -721,12 +719,12 @@ def make_feature_corpus(root: Path, n_train: int, n_val: int, n_test: int, kinds
     return {"manifest": manifest_path, "stores": stores, **facts}
 
 
-def _module_and_data(corpus, kind: str, batch_size: int, head_options=None):
+def _module_and_data(corpus, kind: str, batch_size: int, head_options=None, bucket_by_length: bool = True):
     from lightning_emo.data.features import FeatureDataModule
     from lightning_emo.models.module import EmotionModule
 
     dm = FeatureDataModule(str(corpus["manifest"]), str(corpus["stores"][kind]), batch_size=batch_size,
-                           num_workers=0)
+                           num_workers=0, bucket_by_length=bucket_by_length)
     module = EmotionModule(input_dim=dm.input_dim, classes=dm.classes, modality=dm.modality,
                            extractor_spec=dm.extractor_spec, head="lstm", hidden_dim=128, dropout=0.5,
                            head_options=head_options, lr=1e-3, weight_decay=1e-4, class_counts=dm.class_counts)
@@ -734,7 +732,7 @@ def _module_and_data(corpus, kind: str, batch_size: int, head_options=None):
 
 
 def lightning_epochs(corpus, kind: str, cfg: Config, device, head_options=None, epochs: int | None = None,
-                     limit_batches: int | None = None):
+                     limit_batches: int | None = None, bucket_by_length: bool = True):
     """``Trainer.fit`` of the LSTM head; per-epoch training seconds (epoch start to the last batch's end).
 
     ``limit_batches``: train on that many (random) batches per epoch and scale the time to the full epoch.
@@ -743,7 +741,7 @@ def lightning_epochs(corpus, kind: str, cfg: Config, device, head_options=None, 
 
     from bench_callbacks import EpochTimer
 
-    module, dm = _module_and_data(corpus, kind, cfg.train_batch_size, head_options)
+    module, dm = _module_and_data(corpus, kind, cfg.train_batch_size, head_options, bucket_by_length)
     timer = EpochTimer()
     trainer = pl.Trainer(max_epochs=epochs or cfg.epochs, accelerator="gpu" if device.type == "cuda" else "cpu",
                          devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -768,7 +766,7 @@ def _materialised_batches(corpus, kind: str, batch_size: int, device):
 
     from lightning_emo.data.features import collate_features
 
-    module, dm = _module_and_data(corpus, kind, batch_size)
+    module, dm = _module_and_data(corpus, kind, batch_size, bucket_by_length=False)
     dm.setup("fit")
     out = []
     for b in dm.train_dataloader():
@@ -813,8 +811,9 @@ def plain_epochs(batches, dim: int, classes: int, device, variant: str, epochs: 
                  max_batches: int | None = None):
     """Per-epoch seconds of a plain PyTorch loop over batches in memory.
 
-    ``packed``: the package's LSTM head (``pack_padded_sequence``); ``padded``: the same layers over
-    the whole padded batch, last valid state gathered; ``per_clip``: ``padded`` with batch 1 (each
+    ``packed``: the package's LSTM head forced onto ``pack_padded_sequence`` (PyTorch's idiom for
+    variable-length batches, and the package's CUDA path); ``padded``: the same layers over the
+    whole padded batch, last valid state gathered (the package's CPU path); ``per_clip``: ``padded`` with batch 1 (each
     clip alone, no padding), one optimizer step per clip, stopping after ``subset`` clips.
     ``max_batches``: time only the first batches and scale the time to the whole epoch.
     """
@@ -826,6 +825,7 @@ def plain_epochs(batches, dim: int, classes: int, device, variant: str, epochs: 
     torch.manual_seed(0)
     if variant == "packed":
         head = build_head("lstm", dim, classes, 128, 0.5).to(device).train()
+        head._run_padded = head._run_packed  # pack on every device
         model, params = head, list(head.parameters())
     else:
         model = PaddedLSTM(dim, classes, device)
@@ -867,7 +867,7 @@ def plain_epochs(batches, dim: int, classes: int, device, variant: str, epochs: 
 
 
 def packed_profile(batches, dim: int, classes: int, device) -> dict[str, float]:
-    """Share of CPU time per op in one forward + backward of the package's (packed) LSTM head on one batch."""
+    """Share of CPU time per op in one forward + backward of the LSTM head on ``pack_padded_sequence`` (one batch)."""
     import torch
     from torch.nn import functional as F
     from torch.profiler import ProfilerActivity, profile
@@ -875,6 +875,7 @@ def packed_profile(batches, dim: int, classes: int, device) -> dict[str, float]:
     from lightning_emo.models.heads import build_head
 
     head = build_head("lstm", dim, classes, 128, 0.5).to(device).train()
+    head._run_padded = head._run_packed
     # One batch cut to 150 frames: the profiler keeps what every step allocates alive, and the packed
     # backward allocates a gradient the size of the whole batch per step (a long batch needs tens of GB).
     x, lengths, mask, y = batches[0]
@@ -892,7 +893,6 @@ def bench_training(cfg: Config, work: Path, device) -> dict[str, Any]:
     corpus = make_feature_corpus(work / "features-1x", cfg.n_train, cfg.n_val, cfg.n_test, cfg.feature_kinds)
     progress(f"training store: {corpus['clips']} clips ({cfg.n_train} train), mean {corpus['mean_seconds']:.2f} s")
     results: dict[str, Any] = {"n_train": cfg.n_train, "n_val": cfg.n_val, "n_test": cfg.n_test,
-                               "lightning_batches": cfg.lightning_batches,
                                "batch_size": cfg.train_batch_size, "epochs": cfg.epochs,
                                "mean_seconds": corpus["mean_seconds"], "kinds": {},
                                "load_average_start": load_average()}
@@ -901,12 +901,12 @@ def bench_training(cfg: Config, work: Path, device) -> dict[str, Any]:
         progress(f"training: {kind} ({desc})")
         row: dict[str, Any] = {"description": desc, "dim": dim, "rate": rate,
                                "train_frames": None, "variants": {}}
-        limit = cfg.lightning_batches if modality == "audio" else None
-        light = lightning_epochs(corpus, kind, cfg, device, limit_batches=limit)
+        light = lightning_epochs(corpus, kind, cfg, device)
         row["variants"]["lightning"] = light
-        progress(f"  Lightning + FeatureDataModule (packed LSTM): {fmt(light['epoch_s'])} s/epoch"
-                 + (f" (timed on {light['timed_batches']} of {light['batches_per_epoch']} batches, extrapolated)"
-                    if light["timed_batches"] < light["batches_per_epoch"] else ""))
+        progress(f"  Lightning + FeatureDataModule (defaults): {fmt(light['epoch_s'])} s/epoch")
+        unbucketed = lightning_epochs(corpus, kind, cfg, device, bucket_by_length=False)
+        row["variants"]["lightning_random"] = unbucketed
+        progress(f"  Lightning, bucket_by_length=False: {fmt(unbucketed['epoch_s'])} s/epoch")
         if modality == "audio":
             pooled = lightning_epochs(corpus, kind, cfg, device, head_options={"frame_pool": 4})
             row["variants"]["lightning_pool4"] = pooled
@@ -1477,30 +1477,31 @@ def report_training(r: dict[str, Any]) -> list[str]:
            f"(linear 128 → LSTM 128 → dropout 0.5 → softmax; Adam), batch {r['batch_size']}, whole clips. Seconds "
            f"per training epoch (epoch start to the last batch; validation not included), median of epochs "
            f"2..{r['epochs']}; load average {r.get('load_average_start')} → {r.get('load_average_end')}.", "",
-           "- **Lightning**: `Trainer.fit(EmotionModule, FeatureDataModule)`: the package's path "
-           "(`LSTMHead` runs the LSTM on `pack_padded_sequence`)" + (
-               f"; for 100 frames/s audio timed on {r.get('lightning_batches')} random batches per epoch and "
-               "scaled to the whole epoch (it is that slow)" if r.get("lightning_batches") else "") + ";",
-           "- **frame_pool=4**: the same with `head_options={frame_pool: 4}` (4 frames averaged: 100 → 25 "
-           "frames/s; a different model, shown as a way to the target for 100 frames/s audio);",
-           "- **plain, packed**: the package's head in a bare PyTorch loop over batches held in memory "
-           "(timed on the first batches, extrapolated);",
-           "- **plain, padded**: the naive head — the same layers over the whole padded batch, no packing, the "
-           "state at each clip's last frame gathered;",
-           "- **plain, padded + length buckets**: the same with batches of clips of similar length;",
-           "- **one clip at a time**: the naive head with batch 1 (each clip alone, no padding), one optimizer step "
-           "per clip (timed on a subset, extrapolated).", "",
-           "| features | frames/epoch | **Lightning** s/epoch | clips/s | frame_pool=4 | plain packed | plain padded | "
-           "padded + buckets | one clip at a time | target <1 s |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+           "- **Lightning**: `Trainer.fit(EmotionModule, FeatureDataModule)` with the package's defaults: on the "
+           "CPU `LSTMHead` runs the padded batch (the same logits and gradients as packing) and "
+           "`FeatureDataModule` batches clips of similar length (`bucket_by_length=True`);",
+           "- **random batches**: the same with `bucket_by_length=False`;",
+           "- **frame_pool=4**: defaults with `head_options={frame_pool: 4}` (4 frames averaged: 100 → 25 "
+           "frames/s; a different model);",
+           "- **plain, packed**: the naive way most recipes write it — the same head on `pack_padded_sequence` "
+           "(PyTorch's idiom for variable-length batches) in a bare loop over random batches held in memory "
+           "(timed on the first batches, extrapolated: it is that slow);",
+           "- **plain, padded** / **+ buckets**: the package's padded head in a bare loop (no Lightning, no "
+           "DataLoader), random / length-bucketed batches;",
+           "- **one clip at a time**: the padded head with batch 1 (each clip alone, no padding), one optimizer "
+           "step per clip (timed on a subset, extrapolated).", "",
+           "| features | frames/epoch | **Lightning** s/epoch | clips/s | random batches | frame_pool=4 | "
+           "plain packed | plain padded | + buckets | one clip at a time | **vs packed** | target <1 s |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for kind, x in r["kinds"].items():
         v = x["variants"]
         light = v["lightning"]["epoch_s"]
         pool = v.get("lightning_pool4", {}).get("epoch_s")
         out.append(f"| {x['description']} | {fmt(x['train_frames'])} | **{fmt(light)}** | "
-                   f"{fmt(v['lightning']['clips_per_s'])} | {fmt(pool)} | {fmt(v['plain_packed']['epoch_s'])} | "
-                   f"{fmt(v['plain_padded']['epoch_s'])} | {fmt(v.get('plain_bucketed', {}).get('epoch_s'))} | "
-                   f"{fmt(v['plain_per_clip']['epoch_s'])} | {_target(light < 1.0)}"
+                   f"{fmt(v['lightning']['clips_per_s'])} | {fmt(v.get('lightning_random', {}).get('epoch_s'))} | "
+                   f"{fmt(pool)} | {fmt(v['plain_packed']['epoch_s'])} | {fmt(v['plain_padded']['epoch_s'])} | "
+                   f"{fmt(v.get('plain_bucketed', {}).get('epoch_s'))} | {fmt(v['plain_per_clip']['epoch_s'])} | "
+                   f"**{fmt(ratio(v['plain_packed']['epoch_s'], light))}x** | {_target(light < 1.0)}"
                    + (f" (frame_pool=4: {_target(pool < 1.0)})" if pool else "") + " |")
     out.append("")
     for kind, x in r["kinds"].items():
@@ -1509,28 +1510,26 @@ def report_training(r: dict[str, Any]) -> list[str]:
         bucket = v.get("plain_bucketed", {}).get("epoch_s")
         per_clip = v["plain_per_clip"]["epoch_s"]
         pf = x.get("padded_frames") or {}
-        line = (f"- {kind}: Lightning + `FeatureDataModule` vs the bare packed loop: {fmt(ratio(light, packed))}x "
-                f"(loading, collation and metrics add little: the head dominates); the packed LSTM costs {fmt(ratio(packed, padded))}x the padded one "
-                f"and {fmt(ratio(packed, per_clip))}x even the one-clip-at-a-time loop; length buckets cut the "
-                f"padded frames from {fmt(pf.get('random'))} to {fmt(pf.get('bucketed'))} "
-                f"({fmt(ratio(padded, bucket))}x faster than random batches).")
         prof = x.get("packed_profile") or {}
         share = prof.get("aten::fill_", 0) + prof.get("aten::add_", 0)
+        line = (f"- {kind}: the package trains {fmt(ratio(packed, light))}x faster than the packed loop and "
+                f"{fmt(ratio(per_clip, light))}x faster than one clip at a time; Lightning + `FeatureDataModule` "
+                f"take {fmt(ratio(light, bucket))}x the bare bucketed loop. Length buckets cut the padded frames "
+                f"from {fmt(pf.get('random'))} to {fmt(pf.get('bucketed'))} ({fmt(ratio(padded, bucket))}x "
+                f"faster than random batches in the bare loop).")
+        if share:
+            line += (f" Packing is slow on the CPU because autograd runs a packed LSTM step by step and the "
+                     "backward of every step's slice of the packed input allocates and adds a zero-filled "
+                     "gradient the size of the whole packed input (`aten::fill_` + `aten::add_` = "
+                     f"{fmt(100 * share, 0)}% of the CPU time of one batch's forward + backward in the profile): "
+                     "its cost grows with the square of the clip length.")
         if light >= 1.0:
-            line += (" **Why the target is missed**: on the CPU, autograd runs a packed LSTM step by step, and the "
-                     "backward of every step's slice of the packed input allocates and adds a zero-filled gradient "
-                     "the size of the whole packed input (`aten::fill_` + `aten::add_` = "
-                     f"{fmt(100 * share, 0)}% of the CPU time of one batch's forward + backward in the profile): the "
-                     "cost grows with the square of the clip length, so 100 frames/s audio pays it fully. Without packing, what remains is ~one small (32 x 128) matrix product per time step, "
-                     "latency-bound on 2 cores: the padded + bucketed loop is the floor for whole clips at "
-                     "100 frames/s; below it only fewer steps help (`frame_pool`, `max_frames`).")
+            line += (" **Why the target is missed**: what remains is the recurrence itself, ~one small "
+                     f"({r['batch_size']} x 128) matrix product per time step and direction, latency-bound on 2 "
+                     "cores, over ~300 steps per batch at 100 frames/s; only fewer steps help (`frame_pool`, "
+                     "`max_frames`).")
         out.append(line)
-    out += ["", "Proposed fix (models/heads.py, `_Recurrent._run`): do not pack when gradients are needed on the "
-            "CPU — run the LSTM on the compacted, zero-padded batch and take the output at `lengths - 1` (for a "
-            "unidirectional LSTM the state at a clip's last frame never sees the padding after it, so the logits "
-            "are the same as with packing; the bidirectional backward direction can run on each clip's frames "
-            "reversed within its length, `x.gather(1, rev)`), and give `FeatureDataModule` a length-bucketing "
-            "batch sampler. Keep packing on CUDA (cuDNN handles packed sequences natively).", ""]
+    out.append("")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Sequence heads: shapes, packing (a padded batch = its clips one by one), masked frames, layer weights."""
+"""Sequence heads: shapes, padding (a padded batch = its clips one by one), masked frames, layer weights."""
 
 from __future__ import annotations
 
@@ -61,6 +61,30 @@ def test_padded_batch_equals_clips_one_by_one(name, frame_pool):
             clip = x[i : i + 1, : lengths[i]][:, keep]  # the clip's valid frames only, no padding, no mask
             alone = head(clip, torch.tensor([clip.shape[1]]))
             torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2}, {"bidirectional": True},
+                                     {"bidirectional": True, "num_layers": 2}])
+@pytest.mark.parametrize("name", ["lstm", "attention"])
+def test_padded_recurrence_equals_packing_values_and_gradients(name, options):
+    """The CPU path (padded batch, backward direction reversed within each length) = pack_padded_sequence."""
+    torch.manual_seed(0)
+    head = build_head(name, input_dim=6, num_classes=5, **options)
+    h = torch.randn(5, 9, head.hidden_dim, requires_grad=True)
+    lengths = torch.tensor([9, 3, 1, 7, 5])
+    params = [h, *head.lstm.parameters()]
+    runs = {}
+    for way in ("_run_packed", "_run_padded"):
+        out, last = getattr(head, way)(h, lengths)
+        weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+        runs[way] = (out, last, torch.autograd.grad((out * weights).sum() + last.pow(2).sum(), params))
+    (out_p, last_p, grad_p), (out_d, last_d, grad_d) = runs["_run_packed"], runs["_run_padded"]
+    torch.testing.assert_close(out_d, out_p, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(last_d, last_p, atol=1e-6, rtol=1e-5)
+    assert (out_d[1, 3:] == 0).all()  # zeros after a row's length, as pad_packed_sequence gives
+    for a, b in zip(grad_d, grad_p):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert not any("template" in k for k in head.state_dict())  # the direction runner holds no weights
 
 
 @pytest.mark.parametrize("name", HEAD_NAMES)

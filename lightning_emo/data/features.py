@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from lightning_emo.data.manifest import Clip, Manifest, read_manifest
+from lightning_emo.data.samplers import LengthBucketSampler
 from lightning_emo.extractors.base import ExtractorSpec
 from lightning_emo.utils import atomic_write_text, log
 
@@ -949,6 +950,9 @@ class FeatureDataModule(pl.LightningDataModule):
             inversely proportional to the training class frequencies, drawn with replacement).
         predict_splits: the splits ``predict`` runs over, in one DataLoader (``batch["split"]`` tells them apart).
         max_frames: crop training sequences longer than this to a random window (None = whole).
+        bucket_by_length: training batches of clips of similar length
+            (:class:`~lightning_emo.data.samplers.LengthBucketSampler`: less padding, the same
+            model; with either ``sampler``); evaluation batches keep the manifest order.
         root: the manifest's corpus root (default: from its sidecar).
         seed: seed of the training sampler.
 
@@ -968,6 +972,7 @@ class FeatureDataModule(pl.LightningDataModule):
         sampler: str = "random",
         predict_splits: list[str] = ["train", "val", "test"],  # noqa: B006 (jsonargparse shows the default)
         max_frames: int | None = None,
+        bucket_by_length: bool = True,
         root: str | None = None,
         seed: int = 0,
     ):
@@ -981,7 +986,7 @@ class FeatureDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.batch_size, self.num_workers, self.sampler = batch_size, num_workers, sampler
         self.predict_splits = list(predict_splits)
-        self.max_frames, self.seed = max_frames, seed
+        self.max_frames, self.seed, self.bucket_by_length = max_frames, seed, bucket_by_length
         self.manifest = read_manifest(manifest, root=root, check_files=False)
         self._single = isinstance(features, (str, os.PathLike))
         if self._single:
@@ -1098,9 +1103,20 @@ class FeatureDataModule(pl.LightningDataModule):
         if not self._clips["train"]:
             raise FeatureStoreError(f"manifest {self.manifest.source}: no usable clip in split 'train' "
                                     f"({len(self.missing_clip_ids('train'))} left out for lack of content)")
+        clips = self._clips["train"]
+        weights = None
         if self.sampler == "balanced":
-            counts = Counter(c.label for c in self._clips["train"])
-            weights = torch.tensor([1.0 / counts[c.label] for c in self._clips["train"]], dtype=torch.double)
+            counts = Counter(c.label for c in clips)
+            weights = torch.tensor([1.0 / counts[c.label] for c in clips], dtype=torch.double)
+        if self.bucket_by_length:
+            lengths = [max(store.length(c.clip_id) for store in self.stores.values()) for c in clips]
+            if self.max_frames:
+                lengths = [min(n, self.max_frames) for n in lengths]
+            # under DDP each rank takes every world_size-th index: a bucket spans all ranks' batches
+            world = self.trainer.world_size if self.trainer is not None else 1
+            return self._loader("train", sampler=LengthBucketSampler(
+                lengths, self.batch_size * world, weights=weights, seed=self.seed))
+        if weights is not None:
             sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
                                             generator=torch.Generator().manual_seed(self.seed))
             return self._loader("train", sampler=sampler)

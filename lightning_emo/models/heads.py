@@ -8,8 +8,9 @@ Every head maps a padded batch of feature sequences to class logits::
 content, e.g. a face was found) removes further frames *inside* that range. Before any head
 sees a batch, :func:`compact` moves each row's valid frames to the front (in order) and zeroes
 the rest, so masked frames and padding never enter a recurrent state, an attention weight or a
-mean. Recurrent heads then run on ``pack_padded_sequence``: a padded batch gives the same
-logits as its clips one by one. With ``frame_pool=k`` every run of ``k`` consecutive valid
+mean. Recurrent heads then run on ``pack_padded_sequence`` on CUDA and on the padded batch
+elsewhere (the same values; packing is slow to train on the CPU): a padded batch gives the
+same logits as its clips one by one. With ``frame_pool=k`` every run of ``k`` consecutive valid
 frames is averaged after compaction (100 -> 10 frames/s for ``k = 10``: cheaper recurrences).
 
 Stacked SSL layers (an extractor run with ``layers="all"``: ``D = L * H``, or a 4-D
@@ -28,6 +29,7 @@ import math
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_emo.registry import Registry
@@ -217,7 +219,7 @@ def _masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class _Recurrent(Head):
-    """Hidden linear layer -> LSTM over packed sequences (shared by ``lstm``, ``blstm``, ``attention``)."""
+    """Hidden linear layer -> LSTM over variable-length sequences (shared by ``lstm``, ``blstm``, ``attention``)."""
 
     def __init__(self, input_dim: int, num_classes: int, hidden_dim: int = 128, dropout: float = 0.5,
                  layers: int | None = None, num_layers: int = 1, bidirectional: bool = False,
@@ -231,10 +233,71 @@ class _Recurrent(Head):
                             bidirectional=bidirectional)
         self.pooled_dim = self.lstm_dim * (2 if bidirectional else 1)
 
-    def _run(self, x: torch.Tensor, lengths: torch.Tensor):
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the recurrence over a compacted batch.
+
+        Returns ``(outputs (B, T, P), last (B, P))``: every frame's output (zeros after a row's
+        length) and the state after each row's last frame (for a bidirectional LSTM the forward
+        state at the last frame and the backward state at the first, concatenated).
+        """
         h = self.activation(self.hidden(x))
-        packed = pack_padded_sequence(h, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        return self.lstm(packed)
+        lengths = lengths.clamp(min=1)
+        if h.is_cuda:
+            return self._run_packed(h, lengths)
+        return self._run_padded(h, lengths)
+
+    def _run_packed(self, h: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pack_padded_sequence``: cuDNN runs packed batches natively (no work on padding)."""
+        packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h_n, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
+        last = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.bidirectional else h_n[-1]
+        return out, last
+
+    def _run_padded(self, h: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded batch, padding after each row's frames: the same values as packing.
+
+        On the CPU, autograd through a packed LSTM costs time quadratic in the clip length (each
+        step's backward adds a gradient the size of the whole packed input): 100 frames/s audio
+        trained 7x slower than this path (BENCHMARKS.md). A forward recurrence never sees the
+        padding after a row's last frame, so its output there is the packed final state; the
+        backward direction runs on each row reversed within its length.
+        """
+        t = h.shape[1]
+        steps = torch.arange(t, device=h.device)[None, :]
+        valid = steps < lengths[:, None]
+        at_last = (lengths - 1).view(-1, 1, 1)
+        if not self.bidirectional:
+            out, _ = self.lstm(h)
+        else:
+            # reverse each row within its length (padding stays at the end); an involution
+            rev = torch.where(valid, lengths[:, None] - 1 - steps, steps)
+            out = h
+            for layer in range(self.lstm.num_layers):
+                if layer:
+                    out = nn.functional.dropout(out, self.lstm.dropout, self.training)
+                forward, _ = functional_call(self._direction(out.shape[-1]), self._weights(layer, ""), (out,))
+                index = rev.unsqueeze(-1).expand_as(out)
+                backward, _ = functional_call(self._direction(out.shape[-1]), self._weights(layer, "_reverse"),
+                                              (out.gather(1, index),))
+                out = torch.cat([forward, backward.gather(1, rev.unsqueeze(-1).expand_as(backward))], dim=-1)
+        out = torch.where(valid.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))
+        last = out.gather(1, at_last.expand(-1, 1, out.shape[-1])).squeeze(1)
+        if self.bidirectional:
+            last = torch.cat([last[:, :self.lstm_dim], out[:, 0, self.lstm_dim:]], dim=-1)
+        return out, last
+
+    def _weights(self, layer: int, suffix: str) -> dict[str, torch.Tensor]:
+        """One direction of one layer of ``self.lstm``, named as in a one-layer unidirectional LSTM."""
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.lstm.bias else [])
+        return {f"{n}_l0": getattr(self.lstm, f"{n}_l{layer}{suffix}") for n in names}
+
+    def _direction(self, input_size: int) -> nn.LSTM:
+        """A one-layer unidirectional LSTM to run one direction with :meth:`_weights` (its own weights unused)."""
+        templates = self.__dict__.setdefault("_templates", {})
+        if input_size not in templates:
+            templates[input_size] = nn.LSTM(input_size, self.lstm_dim, batch_first=True, bias=self.lstm.bias)
+        return templates[input_size]
 
 
 @HEADS.register("lstm")
@@ -259,10 +322,7 @@ class LSTMHead(_Recurrent):
         self.output = nn.Linear(self.pooled_dim, num_classes)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        _, (h_n, _) = self._run(x, lengths)  # h_n: (num_layers * directions, B, H), at each row's last frame
-        if self.bidirectional:
-            return torch.cat([h_n[-2], h_n[-1]], dim=-1)
-        return h_n[-1]
+        return self._run(x, lengths)[1]
 
 
 @HEADS.register("blstm")
@@ -294,8 +354,7 @@ class AttentionLSTMHead(_Recurrent):
         self.output = nn.Linear(self.pooled_dim, num_classes)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out, _ = self._run(x, lengths)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (B, T, P)
+        out, _ = self._run(x, lengths)  # (B, T, P)
         scores = self.attention(out).squeeze(-1)  # (B, T)
         scores = scores.masked_fill(~_length_mask(lengths.clamp(min=1), x.shape[1]), float("-inf"))
         weights = torch.softmax(scores, dim=1)
