@@ -158,3 +158,59 @@ def test_load_rejects_unknown_version_and_priors_helper():
         FusionPriorCallback().load_state_dict({"version": 99, "metrics": {}, "priors": {}})
     assert priors_from_f1({"audio": 0.4, "video": 0.46}) == pytest.approx({"audio": 0.0, "video": 0.06})
     assert priors_from_f1({}) == {}
+
+
+_TWO_RANKS = r"""
+import os, sys, json
+from types import SimpleNamespace
+import torch
+import torch.distributed as dist
+from lightning_emo.fusion.callback import FusionPriorCallback
+
+dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
+rank = dist.get_rank()
+cb = FusionPriorCallback(log_metrics=False)
+trainer = SimpleNamespace(sanity_checking=False, world_size=2, current_epoch=0, global_step=5)
+module = SimpleNamespace(modality="audio", classes=["a", "b", "c"], device=torch.device("cpu"))
+cb.on_validation_epoch_start(trainer, module)
+if rank == 0:  # rank 1 gets no validation batch at all; rank 0 sees video for no clip
+    probs = torch.eye(3)[[0, 1, 2, 0]]
+    video = torch.full((4, 3), float("nan"))
+    out = {"probs": {"audio": probs, "video": video}, "label": torch.tensor([0, 1, 1, 0])}
+    cb.on_validation_batch_end(trainer, module, out, None, 0)
+cb.on_validation_epoch_end(trainer, module)
+print(json.dumps({"rank": rank, "metrics": cb.metrics}))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_without_validation_updates_do_not_hang_ddp(tmp_path):
+    """A rank with no validation batch must still join the metric sync (else the other waits forever)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    procs = []
+    for rank in range(2):
+        env = {**__import__("os").environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-2000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            p.kill()
+    assert results[0]["metrics"] == results[1]["metrics"]  # both computed the synced values
+    assert set(results[0]["metrics"]) == {"audio"}  # no rank saw video: no video metrics, no hang
+    assert results[0]["metrics"]["audio"]["micro_f1"] == pytest.approx(0.75)

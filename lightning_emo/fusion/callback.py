@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
@@ -97,15 +98,36 @@ class FusionPriorCallback(pl.Callback):
             if keep.any():
                 coll.update(probs[keep].float(), label[keep].to(probs.device))
 
+    def _agree_across_ranks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
+        """The modalities to compute, in the same order on every rank.
+
+        torchmetrics synchronises inside ``compute``: every rank must call it for the same
+        modalities, even one that saw no validation clip of a modality (or no batch at all), or
+        the others wait for it forever. Ranks exchange ``{modality: (classes, updated)}`` first.
+        """
+        local = {m: (c["micro_f1"].num_classes, bool(c["micro_f1"].update_called)) for m, c in self._metrics.items()}
+        if trainer.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return [m for m, (_, updated) in local.items() if updated]
+        gathered: list[dict[str, tuple[int, bool]]] = [{} for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather_object(gathered, local)
+        agreed: dict[str, tuple[int, bool]] = {}
+        for rank_view in gathered:
+            for m, (n, updated) in rank_view.items():
+                agreed[m] = (n, agreed.get(m, (n, False))[1] or updated)
+        for m, (n, _) in agreed.items():
+            self._collection(m, n, pl_module.device)  # a rank that never saw the modality joins with zero state
+        return sorted(m for m, (_, updated) in agreed.items() if updated)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._metrics:
+        if trainer.sanity_checking:
             return
         classes = getattr(pl_module, "classes", None)
         metrics: dict[str, dict[str, Any]] = {}
-        for modality, coll in self._metrics.items():
-            if not coll["micro_f1"].update_called:
-                continue
-            values = coll.compute()
+        for modality in self._agree_across_ranks(trainer, pl_module):
+            coll = self._metrics[modality]
+            with warnings.catch_warnings():  # this rank may have no update; the synced state has
+                warnings.filterwarnings("ignore", message=r".*compute.*before.*update", category=UserWarning)
+                values = coll.compute()
             recall = values["recall"].detach().cpu().tolist()
             names = list(classes) if classes is not None and len(classes) == len(recall) else [str(i) for i in
                                                                                                range(len(recall))]
