@@ -289,7 +289,8 @@ def machine_lines(info: dict[str, Any]) -> list[str]:
         f"OMP_NUM_THREADS={info['OMP_NUM_THREADS'] or 'unset'}), torchaudio {info['torchaudio']}, "
         f"Lightning {info['pytorch_lightning']}, PyAV {info['av']}, Python {info['python']}",
         f"device: {info['device']}" + (f" ({info['gpu']})" if info.get("gpu") else " (no CUDA GPU visible)"),
-        f"fp32 GEMM 1024³: {info['matmul_gflops']} GFLOP/s (the compute roof below)",
+        f"fp32 GEMM 1024³: {info['matmul_gflops']} GFLOP/s at the start (each section measures its own: the "
+        "compute roof of its notes)",
         f"load average (1/5/15 min) at start: {info.get('load_average_start')}",
     ]
     return lines
@@ -825,7 +826,7 @@ def plain_epochs(batches, dim: int, classes: int, device, variant: str, epochs: 
     torch.manual_seed(0)
     if variant == "packed":
         head = build_head("lstm", dim, classes, 128, 0.5).to(device).train()
-        head._run_padded = head._run_packed  # pack on every device
+        head._run_padded = lambda h, lengths, zero_padding=True: head._run_packed(h, lengths)  # pack on any device
         model, params = head, list(head.parameters())
     else:
         model = PaddedLSTM(dim, classes, device)
@@ -875,7 +876,7 @@ def packed_profile(batches, dim: int, classes: int, device) -> dict[str, float]:
     from lightning_emo.models.heads import build_head
 
     head = build_head("lstm", dim, classes, 128, 0.5).to(device).train()
-    head._run_padded = head._run_packed
+    head._run_padded = lambda h, lengths, zero_padding=True: head._run_packed(h, lengths)
     # One batch cut to 150 frames: the profiler keeps what every step allocates alive, and the packed
     # backward allocates a gradient the size of the whole batch per step (a long batch needs tens of GB).
     x, lengths, mask, y = batches[0]
@@ -1324,9 +1325,10 @@ def report(results: dict[str, Any], cfg: Config, command: str) -> str:
                "is the same. MTCNN uses its real weights (they ship with facenet-pytorch).")
     out.append("")
     if "extraction" in results:
-        out += report_extraction(results["extraction"], m, gpu)
+        section_machine = {**m, "matmul_gflops": results["extraction"].get("matmul_gflops", m["matmul_gflops"])}
+        out += report_extraction(results["extraction"], section_machine, gpu)
     if "training" in results:
-        out += report_training(results["training"])
+        out += report_training(results["training"], results["training"].get("matmul_gflops", m["matmul_gflops"]))
     if "inference" in results:
         out += report_inference(results["inference"])
     if "scale" in results:
@@ -1470,7 +1472,14 @@ def extraction_note(name: str, x: dict, machine: dict) -> str:
             "or a smaller face network.")
 
 
-def report_training(r: dict[str, Any]) -> list[str]:
+def lstm_flops_per_frame(dim: int, hidden: int = 128) -> int:
+    """Forward + backward FLOPs per frame of the paper's head (linear ``dim -> hidden``, LSTM ``hidden``):
+    ``2`` per multiply-add, backward ~2x forward (input and weight gradients)."""
+    macs = dim * hidden + 4 * hidden * (hidden + hidden)
+    return 3 * 2 * macs
+
+
+def report_training(r: dict[str, Any], gemm: float) -> list[str]:
     out = ["## Training on cached features", "",
            f"A CHEAVD-sized store of random features: {r['n_train']} training clips (+{r['n_val']} val, "
            f"+{r['n_test']} test), log-normal lengths of mean {r['mean_seconds']:.2f} s (1 to 12 s); the paper's head "
@@ -1523,11 +1532,17 @@ def report_training(r: dict[str, Any]) -> list[str]:
                      "gradient the size of the whole packed input (`aten::fill_` + `aten::add_` = "
                      f"{fmt(100 * share, 0)}% of the CPU time of one batch's forward + backward in the profile): "
                      "its cost grows with the square of the clip length.")
-        if light >= 1.0:
-            line += (" **Why the target is missed**: what remains is the recurrence itself, ~one small "
-                     f"({r['batch_size']} x 128) matrix product per time step and direction, latency-bound on 2 "
-                     "cores, over ~300 steps per batch at 100 frames/s; only fewer steps help (`frame_pool`, "
-                     "`max_frames`).")
+        frames = pf.get("bucketed") or x["train_frames"]
+        floor = lstm_flops_per_frame(x["dim"]) * frames / (gemm * 1e9) if gemm else None
+        if light >= 1.0 and floor:
+            line += (f" **Why the target is missed**: the arithmetic itself. One epoch is {fmt(frames)} "
+                     f"(bucketed, padded) frames x {fmt(lstm_flops_per_frame(x['dim']) / 1e6)} MFLOP (LSTM and "
+                     f"hidden layer, forward + backward) = {fmt(lstm_flops_per_frame(x['dim']) * frames / 1e9)} "
+                     f"GFLOP: {fmt(floor)} s at this machine's GEMM rate ({fmt(gemm)} GFLOP/s), and the "
+                     f"package runs at {fmt(100 * floor / light, 0)}% of that rate. Under 1 s at 100 frames/s "
+                     "needs fewer frames: `frame_pool` (4 → 25 frames/s) or `max_frames` crops, or a GPU.")
+        elif floor:
+            line += f" Arithmetic floor at the GEMM rate: {fmt(floor)} s/epoch ({fmt(100 * floor / light, 0)}% reached)."
         out.append(line)
     out.append("")
     return out
@@ -1756,8 +1771,10 @@ def main(argv=None) -> int:
         if args.wait_load and section != sections[0]:
             wait_for_low_load(args.wait_load, args.max_wait)
         progress(f"=== {section} ===")
+        gemm = round(matmul_gflops(device), 1)  # per section: other jobs on a shared machine change it
         started = time.perf_counter()
         results[section] = runners[section](cfg, work, device)
+        results[section]["matmul_gflops"] = gemm
         results[section]["section_seconds"] = time.perf_counter() - started
         results["machine"]["load_average_end"] = load_average()
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -39,7 +39,7 @@ class LengthBucketSampler(Sampler[int]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, weights: Sequence[float] | None = None,
-                 pool: int = 32, jitter: float = 0.2, seed: int = 0):
+                 pool: int = 64, jitter: float = 0.1, seed: int = 0):
         if batch_size < 1 or pool < 1:
             raise ValueError(f"batch_size and pool must be at least 1, got {batch_size} and {pool}")
         if jitter < 0:

@@ -233,18 +233,20 @@ class _Recurrent(Head):
                             bidirectional=bidirectional)
         self.pooled_dim = self.lstm_dim * (2 if bidirectional else 1)
 
-    def _run(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor, zero_padding: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the recurrence over a compacted batch.
 
         Returns ``(outputs (B, T, P), last (B, P))``: every frame's output (zeros after a row's
-        length) and the state after each row's last frame (for a bidirectional LSTM the forward
-        state at the last frame and the backward state at the first, concatenated).
+        length unless ``zero_padding`` is False: then undefined there) and the state after each
+        row's last frame (for a bidirectional LSTM the forward state at the last frame and the
+        backward state at the first, concatenated).
         """
         h = self.activation(self.hidden(x))
         lengths = lengths.clamp(min=1)
         if h.is_cuda:
             return self._run_packed(h, lengths)
-        return self._run_padded(h, lengths)
+        return self._run_padded(h, lengths, zero_padding)
 
     def _run_packed(self, h: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``pack_padded_sequence``: cuDNN runs packed batches natively (no work on padding)."""
@@ -254,7 +256,8 @@ class _Recurrent(Head):
         last = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.bidirectional else h_n[-1]
         return out, last
 
-    def _run_padded(self, h: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_padded(self, h: torch.Tensor, lengths: torch.Tensor, zero_padding: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The padded batch, padding after each row's frames: the same values as packing.
 
         On the CPU, autograd through a packed LSTM costs time quadratic in the clip length (each
@@ -281,7 +284,8 @@ class _Recurrent(Head):
                 backward, _ = functional_call(self._direction(out.shape[-1]), self._weights(layer, "_reverse"),
                                               (out.gather(1, index),))
                 out = torch.cat([forward, backward.gather(1, rev.unsqueeze(-1).expand_as(backward))], dim=-1)
-        out = torch.where(valid.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))
+        if zero_padding:
+            out = torch.where(valid.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))
         last = out.gather(1, at_last.expand(-1, 1, out.shape[-1])).squeeze(1)
         if self.bidirectional:
             last = torch.cat([last[:, :self.lstm_dim], out[:, 0, self.lstm_dim:]], dim=-1)
@@ -322,7 +326,7 @@ class LSTMHead(_Recurrent):
         self.output = nn.Linear(self.pooled_dim, num_classes)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self._run(x, lengths)[1]
+        return self._run(x, lengths, zero_padding=False)[1]
 
 
 @HEADS.register("blstm")
