@@ -222,7 +222,17 @@ def test_ssl_tiny_layers_padding_and_reference(name, clips):
     assert (spec.weights.kind, spec.weights.uri, spec.weights.license) == ("torchaudio", info.bundle, "MIT")
     assert spec.weights.filename == ssl_mod.get_bundle(info.bundle)._path
     waves = [clips[1], clips[1][:9000], clips[0][:3000]]
-    feats, lengths = _check_padding_invariance(e, waves)
+    feats, lengths = _check_padding_invariance(e, waves)  # on the CPU: clip by clip
+    # The masked padded batch (the GPU path) gives the same, also with a clip shorter than one frame.
+    x, lens = _batch(waves + [clips[0][:250]])
+    with torch.no_grad():
+        by_clip = e(x, lens)
+        e.clip_by_clip_on_cpu = False
+        batched = e(x, lens)
+        _check_padding_invariance(e, waves)
+        e.clip_by_clip_on_cpu = True
+    assert e.receptive_field == 400 and by_clip[1].tolist() == batched[1].tolist() == lengths.tolist() + [0]
+    torch.testing.assert_close(by_clip[0], batched[0], atol=1e-4, rtol=1e-4)
     assert lengths.tolist() == e.output_lengths(torch.tensor([len(w) for w in waves])).tolist()
     assert lengths[1] == (9000 - 400) // 320 + 1
     # Blocks 1..L equal torchaudio's extract_features on the clip alone.

@@ -32,6 +32,8 @@ normalisation (large models) is a LayerNorm over the whole padded batch, and Wav
 fails when given lengths. Here the GroupNorm and the waveform normalisation are computed over
 each clip's valid samples/frames only, padded frames are masked out of the attention (additive
 mask for wav2vec 2.0/HuBERT, key padding mask for WavLM), and padded output frames are zero.
+On a CPU a batch runs clip by clip (faster there: see :meth:`SSLExtractor._extract_clip_by_clip`);
+on a GPU it runs as one padded batch.
 
 Licenses: the fairseq wav2vec 2.0 and HuBERT weights and the WavLM weights are published by
 their authors under the MIT License and redistributed by torchaudio under the same license.
@@ -278,6 +280,11 @@ class SSLExtractor(AudioExtractor):
         model.encoder.transformer.layers = model.encoder.transformer.layers[:top]
         self.model = model
         self.weights_path = path
+        self.receptive_field = 1  # samples behind one output frame (400 for the 16 kHz models)
+        for block in reversed(model.feature_extractor.conv_layers):
+            self.receptive_field = (self.receptive_field - 1) * block.stride + block.kernel_size
+        # CPU batches run clip by clip (see _extract_clip_by_clip); tests turn it off to check the batch path
+        self.clip_by_clip_on_cpu = True
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Sample counts ``(B,)`` -> frame counts ``(B,)`` (the convolutional front-end's arithmetic)."""
@@ -322,6 +329,28 @@ class SSLExtractor(AudioExtractor):
         return states, out_lengths
 
     def extract(self, x, lengths):
+        if x.device.type == "cpu" and x.shape[0] > 1 and self.clip_by_clip_on_cpu:
+            return self._extract_clip_by_clip(x, lengths)
+        return self._extract_batch(x, lengths)
+
+    def _extract_clip_by_clip(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each clip alone, cut to its own samples (at least the receptive field), then padded.
+
+        The same values as :meth:`_extract_batch` (the masked batch equals its clips alone), but on
+        a CPU a padded batch runs the encoder at ~half its single-clip rate: padding, and the
+        front-end's activations (512 channels at a fifth of the sample rate, hundreds of MB for
+        a batch) spill out of the caches (BENCHMARKS.md, extraction).
+        """
+        outs, out_lengths = [], []
+        for i in range(x.shape[0]):
+            keep = min(max(int(lengths[i]), self.receptive_field), x.shape[1])
+            out, n = self._extract_batch(x[i:i + 1, :keep], lengths[i:i + 1])
+            outs.append(out[0])
+            out_lengths.append(n)
+        padded = nn.utils.rnn.pad_sequence(outs, batch_first=True)
+        return padded, torch.cat(out_lengths)
+
+    def _extract_batch(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states, out_lengths = self.hidden_states(x, lengths)
         if self.mode == "layer":
             out = states[self.indices[0]]

@@ -18,7 +18,8 @@ commit or as an exported folder inside the repository::
 
 :func:`add_entry` writes an entry from an exported folder (so the entry and the model agree)
 and regenerates the README; ``tests/test_zoo.py`` fails when ``zoo/README.md`` differs from
-:func:`render_readme`. The zoo directory is ``$LIGHTNING_EMO_ZOO`` or the repository's ``zoo/``.
+:func:`render_readme`. The zoo directory is ``$LIGHTNING_EMO_ZOO`` or the repository's ``zoo/``
+(wheels carry it as ``lightning_emo/_zoo``: ``pyproject.toml`` maps it).
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ REQUIRED = ("name", "corpus", "classes", "split_protocol", "extractors", "head",
 
 
 def zoo_dir(zoo: str | os.PathLike | None = None) -> Path:
-    """The zoo directory: ``zoo`` if given, else ``$LIGHTNING_EMO_ZOO``, else ``<repository>/zoo``."""
+    """The zoo directory: ``zoo`` if given, else ``$LIGHTNING_EMO_ZOO``, else the repository's ``zoo/``
+    (a source checkout or an editable install), else the copy a wheel installs as ``lightning_emo/_zoo``."""
     if zoo is not None:
         return Path(zoo)
     if os.environ.get(ZOO_ENV):
         return Path(os.environ[ZOO_ENV])
-    return Path(__file__).resolve().parents[2] / "zoo"
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "zoo"
+    if checkout.is_dir():
+        return checkout
+    return package / "_zoo"
 
 
 @dataclass
