@@ -47,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -611,6 +611,12 @@ def bench_extraction(cfg: Config, work: Path, device) -> dict[str, Any]:
         agreement = compare_outputs(store, naive_out)
         bmodel, bdet = build_naive(name, device, batch1=False)
         floor = batched_compute(bmodel, bdet, manifest, device, cfg.batch_size)
+        padded_batch = None
+        if getattr(bmodel, "clip_by_clip_on_cpu", False) and device.type == "cpu":
+            # what the CPU path avoids: the same batches run as one padded, masked batch each
+            bmodel.clip_by_clip_on_cpu = False
+            padded_batch = batched_compute(bmodel, bdet, manifest, device, cfg.batch_size)
+            bmodel.clip_by_clip_on_cpu = True
         flops = flops_per_unit(bmodel, bdet, spec, device)
         del model, det, bmodel, bdet
         units = facts["face_frames_5fps"] if face else None
@@ -637,6 +643,9 @@ def bench_extraction(cfg: Config, work: Path, device) -> dict[str, Any]:
             work_units = facts["face_frames_5fps"] if face else secs
             row["naive_gflops"] = flops * work_units / row["naive_parts"]["compute"] / 1e9
             row["batched_gflops"] = flops * work_units / floor["compute"] / 1e9 if floor["compute"] else None
+            if padded_batch and padded_batch["compute"]:
+                row["padded_batch_compute"] = padded_batch
+                row["padded_batch_gflops"] = flops * work_units / padded_batch["compute"] / 1e9
         results["extractors"][name] = row
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -869,7 +878,6 @@ def plain_epochs(batches, dim: int, classes: int, device, variant: str, epochs: 
 
 def packed_profile(batches, dim: int, classes: int, device) -> dict[str, float]:
     """Share of CPU time per op in one forward + backward of the LSTM head on ``pack_padded_sequence`` (one batch)."""
-    import torch
     from torch.nn import functional as F
     from torch.profiler import ProfilerActivity, profile
 
@@ -1005,15 +1013,13 @@ def infer_stages_child(model_dir: str, clip: str, result: str) -> int:
     t1 = time.perf_counter()
     model = Recognizer.from_pretrained(model_dir)
     t2 = time.perf_counter()
-    lightning_before = "pytorch_lightning" in sys.modules
     model.predict(clip)
     t3 = time.perf_counter()
     model.predict(clip)
     t4 = time.perf_counter()
     Path(result).write_text(json.dumps({
         "import": t1 - t0, "load": t2 - t1, "first_predict": t3 - t2, "warm_predict": t4 - t3,
-        "imports_lightning": (not lightning_before) and "pytorch_lightning" in sys.modules,
-        "imports_sklearn": "sklearn" in sys.modules}))
+        "imports_lightning": "pytorch_lightning" in sys.modules, "imports_sklearn": "sklearn" in sys.modules}))
     return 0
 
 
@@ -1440,16 +1446,18 @@ def extraction_note(name: str, x: dict, machine: dict) -> str:
                key=lambda kv: kv[1]["speedup"], default=None)
     best_text = (f" The best setting tried, `{best[0]}`, gives {fmt(best[1]['speedup'])}x." if best else "")
     if x["modality"] == "audio":
-        gl, gb = x.get("naive_gflops"), x.get("batched_gflops")
+        gl, gb, gp = x.get("naive_gflops"), x.get("batched_gflops"), x.get("padded_batch_gflops")
         pad = x.get("padding") or {}
-        slower = gb is not None and gl is not None and gb < gl
+        padded = (f" Run as one padded, masked batch the same model reaches only {fmt(gp)} GFLOP/s "
+                  f"({fmt(100 * pad.get('manifest_order', 0), 0)}% of a batch's samples in manifest order are padding, "
+                  "and the convolutional front-end's activations of 8 clips — 512 channels at a fifth of the sample "
+                  "rate, hundreds of MB — spill out of the caches): that is why on a CPU `extract` runs SSL encoders "
+                  f"clip by clip inside each batch, at {fmt(gb)} GFLOP/s." if gp else
+                  f" Batched (clips decoded in advance, no Lightning) it runs at {fmt(gb)} GFLOP/s.")
         return (f"The per-clip loop spends {fmt(pp['decode'])} s decoding and {fmt(pp['compute'])} s in the network: "
                 f"at batch 1 HuBERT-base runs at {fmt(gl)} GFLOP/s, {fmt(100 * (gl or 0) / roof if roof else None, 0)}% "
-                f"of the machine's GEMM rate ({roof} GFLOP/s). Batched (clips decoded in advance, no Lightning) it "
-                f"runs at {fmt(gb)} GFLOP/s" + (
-                    f" — *slower*: {fmt(100 * pad.get('manifest_order', 0), 0)}% of the samples of a batch in manifest "
-                    "order are padding, and the activations of several clips no longer fit in the caches"
-                    if slower else "") + ". On a CPU the per-clip loop is compute-bound, not launch- or "
+                f"of the machine's GEMM rate ({roof} GFLOP/s)." + padded + " On a CPU the per-clip loop is "
+                "compute-bound, not launch- or "
                 f"decode-bound: no batching can beat roof / batch-1 rate = {fmt(roof / gl if gl else None)}x, so 5x "
                 f"is out of reach here; `extract` itself takes {fmt(overhead)}x its compute floor (Trainer and "
                 "worker start, 2 decoding workers sharing the 2 cores)." + best_text + " On a GPU the batch-1 loop "
@@ -1576,19 +1584,18 @@ def report_inference(r: dict[str, Any]) -> list[str]:
             notes.append(f"- {label}: the cold command misses 3 s while the prediction itself takes "
                          f"{fmt(x['predict_s'])} s warm: {fmt(st['import'])} s go to importing, {fmt(st['load'])} s "
                          f"to loading and {fmt(lazy)} s of the first prediction to lazy imports and building the "
-                         "extractors" + (" (it imports `pytorch_lightning`)" if st.get("imports_lightning") else "")
-                         + ".")
-    if notes:
-        out += notes
-        out += [f"- Import costs in a fresh process (after torch): `pytorch_lightning` "
-                f"{fmt(imports.get('pytorch_lightning'))} s (it pulls torchmetrics → torchvision → torch._dynamo), "
-                f"`sklearn.linear_model` {fmt(imports.get('sklearn.linear_model'))} s. Proposed fix: keep inference "
-                "free of both — `Recognizer.extract` imports `lightning_emo.data.features` only for the `MISSING_*` "
-                "names and `_runtime` wraps the extractor in `ExtractionModule` (a `LightningModule`, "
-                "extractors/extract.py imports pytorch_lightning at the top); move the names and the "
-                "`predict_step` logic to a Lightning-free module that `ExtractionModule` wraps, and import "
-                "scikit-learn inside the fusion rules that fit or need it (fusion/rules.py imports it at the top "
-                "even for the prior rule).", ""]
+                         "extractors.")
+    loaded = sorted({name for x in r["models"].values() for name, key in
+                     (("pytorch_lightning", "imports_lightning"), ("scikit-learn", "imports_sklearn"))
+                     if (x.get("stages") or {}).get(key)})
+    out += notes
+    out += [f"- Import costs in a fresh process (after torch): `pytorch_lightning` "
+            f"{fmt(imports.get('pytorch_lightning'))} s (it pulls torchmetrics → torchvision → torch._dynamo), "
+            f"`sklearn.linear_model` {fmt(imports.get('sklearn.linear_model'))} s. "
+            + (f"The inference process imported {', '.join(loaded)}." if loaded else
+               "Inference imports neither: extractors run through `FeatureRunner` (plain PyTorch; `extract` wraps "
+               "it in a LightningModule) and scikit-learn loads only for LR fusion. What remains of a cold "
+               "start is importing torch, torchvision and PyAV and building the extractors."), ""]
     t = r.get("timeline") or {}
     runs = t.get("runs") or []
     if runs:
@@ -1775,7 +1782,10 @@ def main(argv=None) -> int:
         progress(f"=== {section} ===")
         gemm = round(matmul_gflops(device), 1)  # per section: other jobs on a shared machine change it
         started = time.perf_counter()
+        previous = results.get(section)
         results[section] = runners[section](cfg, work, device)
+        if section == "extraction" and args.extractors and previous:  # a partial rerun keeps the other rows
+            results[section]["extractors"] = {**previous.get("extractors", {}), **results[section]["extractors"]}
         results[section]["matmul_gflops"] = gemm
         results[section]["section_seconds"] = time.perf_counter() - started
         results["machine"]["load_average_end"] = load_average()

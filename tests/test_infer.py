@@ -137,6 +137,18 @@ def test_timeline_cli_writes_csv_json_png(tiny, tmp_path, capsys):
     assert "6 windows of 3 s every 1.5 s" in out
 
 
+def test_infer_imports_neither_lightning_nor_scikit_learn(tiny, synthetic_clip):
+    """A cold `lightning-emo infer` with a prior-fusion model loads only what inference needs (fast start)."""
+    probe = ("import sys; from lightning_emo.cli import main; "
+             f"rc = main(['infer', {str(synthetic_clip)!r}, '--model', {str(tiny['export'])!r}, '--quiet']); "
+             "print(rc, sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'sklearn', 'torchmetrics') "
+             "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0 []"
+
+
 # Warm up on the first file (imports, model loading, first-call allocations), then measure each file:
 # tracemalloc's peak (numpy buffers: decoded audio and frames) and the process's peak RSS after it.
 MEMORY_SCRIPT = textwrap.dedent("""

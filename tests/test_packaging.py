@@ -9,7 +9,6 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import pytest
 from setuptools import find_packages
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,6 +44,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from lightning_emo.data.manifest import Clip, Manifest, read_manifest
 from lightning_emo.data.samplers import LengthBucketSampler
 from lightning_emo.extractors.base import ExtractorSpec
+# Reasons a clip is recorded without a sequence (it is "done" but has nothing to train on).
+from lightning_emo.extractors.runner import MISSING_NO_AUDIO, MISSING_NO_FRAMES, MISSING_NO_VIDEO
 from lightning_emo.utils import atomic_write_text, log
 
 STORE_FORMAT = 1
@@ -53,10 +55,6 @@ SEGMENTS_DIR = "segments"
 SELECTOR_FILE = "selector.safetensors"
 LOCK_FILE = ".lock"
 DTYPES = ("float16", "float32")
-# Reasons a clip is recorded without a sequence (it is "done" but has nothing to train on).
-MISSING_NO_AUDIO = "no_audio"
-MISSING_NO_VIDEO = "no_video"
-MISSING_NO_FRAMES = "no_frames"
 # Builder options that do not change the features (speed, where files are cached, a local weight
 # file's path: the file itself enters the key through its sha256).
 NON_CONTENT_OPTIONS = frozenset({"batch_size", "weights", "cache_dir", "local_files_only", "download"})

@@ -2,8 +2,9 @@
 
 One store per extractor (``FEATURES_DIR/<name>/``, :mod:`lightning_emo.data.features`). The
 raw-clip DataModule decodes media in DataLoader workers; :class:`ExtractionModule` runs the
-frozen extractor in ``predict_step`` (audio: waveforms -> features; face: frames -> face
-detector crops + mask -> features) under mixed precision on GPU; :class:`FeatureStoreWriter`
+frozen extractor in ``predict_step`` through :class:`~lightning_emo.extractors.runner.FeatureRunner`
+(audio: waveforms -> features; face: frames -> face detector crops + mask -> features) under
+mixed precision on GPU; :class:`FeatureStoreWriter`
 appends each rank's results to its own segment as batches finish and rank 0 merges the index
 at the end. Runs resume: committed clips are skipped. ``--trainer.devices N`` (with
 ``--trainer.strategy ddp``) runs N processes.
@@ -14,8 +15,6 @@ Python API: :func:`extract`. Test hook: the environment variable
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 import os
 import sys
@@ -24,134 +23,62 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import DataLoader
 
-from lightning_emo.data.features import (
+from lightning_emo.data.features import FeatureStore, cache_key, select_features
+from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
+from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec
+from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES, register_extractors: API)
+    EXTRACTOR_MODULES,
     MISSING_NO_AUDIO,
     MISSING_NO_FRAMES,
     MISSING_NO_VIDEO,
-    FeatureStore,
-    cache_key,
-    select_features,
+    ClipFeatures,
+    FeatureRunner,
+    builder_accepts,
+    build_for_extraction,
+    register_extractors,
 )
-from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
-from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec, build_extractor
 from lightning_emo.utils import log, setup_logging
 
 DEFAULT_FPS = 5.0
 DELAY_ENV = "LIGHTNING_EMO_EXTRACT_DELAY"
-# Modules whose import registers extractors (imported on demand, so `extract --help` stays fast).
-EXTRACTOR_MODULES = ("audio", "ssl", "speech_dnn", "face", "face_cnn")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-
-
-def register_extractors() -> None:
-    """Import every extractor module so that :data:`EXTRACTORS` knows all names."""
-    for name in EXTRACTOR_MODULES:
-        module = f"lightning_emo.extractors.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # a missing dependency of an existing module is a real error
-                raise
 
 
 # --------------------------------------------------------------------------------------------
 # the Lightning parts
 
 
-@dataclass
-class ClipFeatures:
-    """One clip's extraction result: ``features (T, D)`` float32 and ``mask (T,)`` bool, or a ``missing`` reason."""
-
-    clip_id: str
-    features: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    missing: str | None = None
-
-
 class ExtractionModule(pl.LightningModule):
-    """Runs a frozen extractor (and, for faces, the face detector) in ``predict_step``.
+    """Runs a :class:`~lightning_emo.extractors.runner.FeatureRunner` in ``predict_step``.
 
     Args:
         extractor: a built, frozen extractor.
         detector: the face detector (face extractors only), e.g. ``build_face_detector("mtcnn")``.
 
-    ``predict_step`` takes a raw-clip batch (:mod:`lightning_emo.data.clips`) and returns a
-    list of :class:`ClipFeatures` on the CPU (audio: ``waveform (B, S)`` -> ``(T, D)`` at the
-    extractor's frame rate, mask all True; face: ``frames`` -> crops ``(B, N, 3, S, S)`` +
-    face mask ``(B, N)`` -> ``(N, D)`` with the face mask; frames without a face hold zeros).
+    ``predict_step`` takes a raw-clip batch (:mod:`lightning_emo.data.clips`) and returns the
+    runner's list of :class:`ClipFeatures`; Lightning adds devices, DDP and mixed precision.
     """
 
     def __init__(self, extractor: Extractor, detector: torch.nn.Module | None = None):
         super().__init__()
-        self.extractor = extractor.eval().requires_grad_(False)
+        self.runner = FeatureRunner(extractor, detector)
         self.spec: ExtractorSpec = extractor.spec
-        if self.spec.modality == "face" and detector is None:
-            raise ValueError(f"face extractor {self.spec.name!r} needs a face detector")
-        self.detector = detector.eval() if detector is not None else None
-        params = inspect.signature(extractor.forward).parameters
-        self._takes_mask = "mask" in params
-        self._takes_rate = "sample_rate" in params
+
+    @property
+    def extractor(self) -> Extractor:
+        return self.runner.extractor
+
+    @property
+    def detector(self) -> torch.nn.Module | None:
+        return self.runner.detector
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[ClipFeatures]:
-        if self.spec.modality == "audio":
-            return self._audio(batch)
-        return self._face(batch)
-
-    def _audio(self, batch: dict[str, Any]) -> list[ClipFeatures]:
-        ids = list(batch["clip_id"])
-        wave, lengths = batch["waveform"], batch["waveform_lengths"].long()
-        has_audio = _flag(batch, "has_audio", lengths > 0)
-        out = [ClipFeatures(cid, missing=MISSING_NO_AUDIO) for cid in ids]
-        keep = torch.nonzero(has_audio & (lengths > 0)).flatten()
-        for i in torch.nonzero(has_audio & (lengths == 0)).flatten().tolist():
-            out[i].missing = MISSING_NO_FRAMES  # an audio track with nothing in it
-        if len(keep):
-            sub = wave[keep, :int(lengths[keep].max())]
-            kwargs = {"sample_rate": self.spec.sample_rate} if self._takes_rate else {}
-            feats, flen = self.extractor(sub.float(), lengths[keep], **kwargs)
-            feats, flen = feats.float().cpu().numpy(), flen.cpu().tolist()
-            for j, i in enumerate(keep.tolist()):
-                n = int(flen[j])
-                out[i].missing = None if n > 0 else MISSING_NO_FRAMES
-                out[i].features, out[i].mask = feats[j, :n], np.ones(n, bool)
-        return out
-
-    def _face(self, batch: dict[str, Any]) -> list[ClipFeatures]:
-        ids = list(batch["clip_id"])
-        frames, lengths = batch["frames"], batch["frame_lengths"].long()
-        has_video = _flag(batch, "has_video", lengths > 0)
-        out = [ClipFeatures(cid, missing=MISSING_NO_FRAMES if has else MISSING_NO_VIDEO)
-               for cid, has in zip(ids, has_video.tolist())]
-        keep = torch.nonzero(has_video & (lengths > 0)).flatten().tolist()
-        if not keep:
-            return out
-        clips = [frames[i][:int(lengths[i])] for i in keep]
-        sub_len = lengths[keep]
-        # Detection in full precision: box regression under fp16/bf16 moves crops.
-        with torch.autocast(self.device.type, enabled=False):
-            faces = self.detector.crop_batch(clips, sub_len, crop_size=self.spec.crop_size)
-        kwargs = {"mask": faces.mask} if self._takes_mask else {}
-        feats, flen = self.extractor(faces.crops, sub_len.to(faces.crops.device), **kwargs)
-        mask = faces.mask.clone()
-        feats = feats.float().masked_fill(~mask[..., None], 0.0)
-        feats, mask, flen = feats.cpu().numpy(), mask.cpu().numpy(), flen.cpu().tolist()
-        for j, i in enumerate(keep):
-            n = int(flen[j])
-            out[i] = ClipFeatures(ids[i], feats[j, :n], mask[j, :n], None if n > 0 else MISSING_NO_FRAMES)
-        return out
-
-
-def _flag(batch: Mapping[str, Any], key: str, default: torch.Tensor) -> torch.Tensor:
-    value = batch.get(key)
-    if value is None:
-        return default
-    return torch.as_tensor(value, dtype=torch.bool, device=default.device)
+        return self.runner(batch)
 
 
 class FeatureStoreWriter(BasePredictionWriter):
@@ -335,30 +262,6 @@ class ExtractionResult:
                 f"clips/s{procs} -> {self.store.path}")
 
 
-def _accepts(builder, name: str) -> bool:
-    params = inspect.signature(builder).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def build_for_extraction(
-    extractor: str,
-    options: Mapping[str, Any] | None = None,
-    weights: str | os.PathLike | None = None,
-    fps: float | None = None,
-) -> Extractor:
-    """Build a registered extractor; ``weights`` and ``fps`` are passed when its builder takes them."""
-    register_extractors()
-    builder = EXTRACTORS.get(extractor)
-    options = dict(options or {})
-    if weights is not None:
-        if not _accepts(builder, "weights"):
-            raise ValueError(f"extractor {extractor!r} takes no weights file (--weights)")
-        options["weights"] = str(weights)
-    if fps is not None and "fps" not in options and _accepts(builder, "fps"):
-        options["fps"] = float(fps)
-    return build_extractor(extractor, **options)
-
-
 def extract(
     manifest: str | os.PathLike | Manifest,
     extractor: str,
@@ -466,7 +369,7 @@ def run_extraction(
     face = spec.modality == "face"
     if face and probe_fps is None:
         probe_fps = spec.frame_rate or DEFAULT_FPS
-        if spec.frame_rate is None and _accepts(builder, "fps") and "fps" not in (options or {}):
+        if spec.frame_rate is None and builder_accepts(builder, "fps") and "fps" not in (options or {}):
             model = build_for_extraction(extractor, options, weights, probe_fps)
             spec = model.spec
     det = None

@@ -1,7 +1,7 @@
 """Decision-level fusion of per-modality posteriors: rules, calibration, the prior callback and the report.
 
-The rules and calibration are imported eagerly (numpy/scikit-learn only); the Lightning
-callback and the report (matplotlib) load on first use.
+The rules and calibration are imported eagerly (numpy and scipy; scikit-learn loads where a rule
+fits or applies LR); the Lightning callback and the report (matplotlib) load on first use.
 """
 
 from __future__ import annotations

@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
+# scikit-learn is imported where it is used: inference with a prior or confidence rule never
+# loads it (about 1 s of a cold `lightning-emo infer`).
 
 from lightning_emo.fusion.calibration import TemperatureScaling, nll, stack_posteriors
 
@@ -137,6 +141,8 @@ def micro_f1_scores(posteriors: Posteriors, y: np.ndarray) -> np.ndarray:
     it saw because the ensemble only ever consults it on those.
     Shapes: M arrays ``(N, C)``, ``y`` ``(N,)`` -> ``(M,)``.
     """
+    from sklearn.metrics import f1_score
+
     P = stack_posteriors(posteriors)
     y = _check_labels(y, P.shape[1], P.shape[2])
     scores = []
@@ -399,6 +405,8 @@ class LogisticRegressionFusion(FusionRule):
         if len(np.unique(y[keep])) < 2:
             raise ValueError("LR fusion needs validation clips of at least two classes")
         self.indicators_ = [m for m in range(len(P)) if not present[m, keep].all()]
+        from sklearn.linear_model import LogisticRegression
+
         self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
         self.model_.fit(self.features(P[:, keep]), y[keep])
 
@@ -418,6 +426,8 @@ class LogisticRegressionFusion(FusionRule):
 
     def _load(self, fitted: dict[str, Any]) -> None:
         # Rebuild the fitted estimator from its learned attributes (no pickles in exported models).
+        from sklearn.linear_model import LogisticRegression
+
         m = LogisticRegression(C=self.C, max_iter=self.max_iter)
         m.coef_ = np.asarray(fitted["coef"], dtype=np.float64)
         m.intercept_ = np.asarray(fitted["intercept"], dtype=np.float64)

@@ -8,7 +8,7 @@ fusion rule over the modalities, with the class names. The layout (``config.json
 
 Inference runs the same code as ``lightning-emo extract`` (decoding with
 :mod:`lightning_emo.data.media`, the face pipeline and the extractor through
-:class:`~lightning_emo.extractors.extract.ExtractionModule`), rounds the features to the
+:class:`~lightning_emo.extractors.runner.FeatureRunner`, without Lightning), rounds the features to the
 feature store's dtype, applies the selector and the head, then the fusion rule. A clip without
 an audio track, without a video track or without any face is predicted from what it has; the
 prediction says which modality was missing and why.
@@ -136,7 +136,7 @@ class _Selection(nn.Module):
 
 
 class _Runtime:
-    """What a modality needs at inference, built on first use: the extraction module, selector, fps/rate."""
+    """What a modality needs at inference, built on first use: the feature runner, selector, fps/rate."""
 
     def __init__(self, module, selector, device: torch.device):
         self.module, self.selector, self.device = module, selector, device
@@ -366,7 +366,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         rt = self._runtimes.get(m)
         if rt is not None and rt.device == device:
             return rt
-        from lightning_emo.extractors.extract import ExtractionModule
+        from lightning_emo.extractors.runner import FeatureRunner
 
         mc = self.config["modalities"][m]
         extractor = self._build_extractor(m)
@@ -386,7 +386,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
             selector.dim = int(s["dim"])
             if selector.indices.min() < 0 or selector.indices.max() >= selector.dim:
                 raise RecognizerError(f"selectors.{m}.indices hold columns outside [0, {selector.dim})")
-        module = ExtractionModule(extractor, detector).to(device)
+        module = FeatureRunner(extractor, detector).to(device)
         rt = self._runtimes[m] = _Runtime(module, selector, device)
         return rt
 
@@ -394,7 +394,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         """Rebuild modality ``m``'s frozen extractor from its spec (embedded weights materialised privately)."""
         from lightning_emo.extractors.base import ExtractorSpec, WeightsNotFoundError
         from lightning_emo.extractors.base import EXTRACTORS
-        from lightning_emo.extractors.extract import build_for_extraction, register_extractors
+        from lightning_emo.extractors.runner import build_for_extraction, register_extractors
 
         register_extractors()
 
@@ -449,7 +449,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
             ``(features (T, D) float32, mask (T,) bool)``, or a missing reason (``no_face``,
             ``no_frames``) when nothing usable came out.
         """
-        from lightning_emo.data.features import MISSING_NO_AUDIO, MISSING_NO_FRAMES
+        from lightning_emo.extractors.runner import MISSING_NO_AUDIO, MISSING_NO_FRAMES
 
         rt = self._runtime(m)
         mc = self.config["modalities"][m]
@@ -466,7 +466,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
                      "frame_lengths": torch.tensor([len(frames)], device=rt.device),
                      "has_video": torch.tensor([len(frames) > 0], device=rt.device)}
         with torch.no_grad():
-            (result,) = rt.module.predict_step(batch, 0)
+            (result,) = rt.module(batch)
         if result.missing is not None:
             return {MISSING_NO_AUDIO: "no_audio", MISSING_NO_FRAMES: "no_frames"}.get(result.missing, result.missing)
         feats, mask = np.asarray(result.features, dtype=np.float32), np.asarray(result.mask, dtype=bool)
