@@ -1304,6 +1304,14 @@ def bench_scale(cfg: Config, work: Path, device) -> dict[str, Any]:
 # the report
 
 
+def _provenance(section: dict[str, Any], results: dict[str, Any]) -> str:
+    """Which run measured a section (sections can be re-run alone with --only)."""
+    gemm = section.get("matmul_gflops")
+    return (f"*Measured {section.get('finished', results.get('finished', '?'))} by "
+            f"`{section.get('command', results.get('command', 'python scripts/benchmark.py'))}`"
+            + (f"; fp32 GEMM {gemm} GFLOP/s at the section's start" if gemm else "") + ".*")
+
+
 def _target(met: bool | None) -> str:
     return "–" if met is None else ("met" if met else "**missed**")
 
@@ -1329,15 +1337,18 @@ def report(results: dict[str, Any], cfg: Config, command: str) -> str:
                "weights of the same architecture (the pretrained files cannot be downloaded here); the compute "
                "is the same. MTCNN uses its real weights (they ship with facenet-pytorch).")
     out.append("")
-    if "extraction" in results:
-        section_machine = {**m, "matmul_gflops": results["extraction"].get("matmul_gflops", m["matmul_gflops"])}
-        out += report_extraction(results["extraction"], section_machine, gpu)
-    if "training" in results:
-        out += report_training(results["training"], results["training"].get("matmul_gflops", m["matmul_gflops"]))
-    if "inference" in results:
-        out += report_inference(results["inference"])
-    if "scale" in results:
-        out += report_scale(results["scale"])
+    sections = {
+        "extraction": lambda r: report_extraction(r, {**m, "matmul_gflops": r.get("matmul_gflops", m["matmul_gflops"])},
+                                                  gpu),
+        "training": lambda r: report_training(r, r.get("matmul_gflops", m["matmul_gflops"])),
+        "inference": report_inference,
+        "scale": report_scale,
+    }
+    for name, render in sections.items():
+        if name in results:
+            lines = render(results[name])
+            lines[2:2] = [_provenance(results[name], results), ""]
+            out += lines
     out += ["## How to run", "",
             "```bash",
             "python scripts/benchmark.py                       # everything (full sizes), writes this file",
@@ -1787,6 +1798,8 @@ def main(argv=None) -> int:
         if section == "extraction" and args.extractors and previous:  # a partial rerun keeps the other rows
             results[section]["extractors"] = {**previous.get("extractors", {}), **results[section]["extractors"]}
         results[section]["matmul_gflops"] = gemm
+        results[section]["command"] = command.strip()
+        results[section]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         results[section]["section_seconds"] = time.perf_counter() - started
         results["machine"]["load_average_end"] = load_average()
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -207,3 +207,23 @@ def test_detectors_reject_bad_frames(mtcnn):
         build_face_detector("none")(torch.zeros(64, 64, 3, dtype=torch.uint8))
     with pytest.raises(KeyError, match="unknown face detector"):
         build_face_detector("retinaface")
+
+
+def test_crop_boxes_equals_roi_align_over_whole_frames():
+    """Cropping each box's region before converting to float gives what roi_align over whole frames gives."""
+    from torchvision.ops import roi_align
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (6, 72, 96, 3), dtype=torch.uint8, generator=g)
+    boxes = torch.tensor([[10.3, 5.7, 50.2, 45.6],     # inside
+                          [-12.5, -8.0, 30.0, 34.5],   # over the top-left corner
+                          [70.4, 40.2, 110.9, 80.7],   # over the bottom-right corner
+                          [0.0, 0.0, 96.0, 72.0],      # the whole frame
+                          [-40.0, -30.0, -5.0, 5.0],   # outside
+                          [94.6, 70.1, 95.4, 71.9]])   # a sliver at the edge
+    whole = frames.permute(0, 3, 1, 2).float().div(255.0)
+    rois = torch.cat([torch.arange(6, dtype=torch.float32)[:, None], boxes], dim=1)
+    reference = roi_align(whole, rois, output_size=(24, 24), spatial_scale=1.0, sampling_ratio=-1,
+                          aligned=True).clamp(0, 1)
+    torch.testing.assert_close(crop_boxes(frames, boxes, 24), reference, atol=1e-5, rtol=1e-5)
+    assert crop_boxes(frames[:0], boxes[:0], 24).shape == (0, 3, 24, 24)

@@ -44,8 +44,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from lightning_emo.data.manifest import Clip, Manifest, read_manifest
 from lightning_emo.data.samplers import LengthBucketSampler
 from lightning_emo.extractors.base import ExtractorSpec
-# Reasons a clip is recorded without a sequence (it is "done" but has nothing to train on).
-from lightning_emo.extractors.runner import MISSING_NO_AUDIO, MISSING_NO_FRAMES, MISSING_NO_VIDEO
+from lightning_emo.extractors.runner import MISSING_NO_AUDIO, MISSING_NO_FRAMES, MISSING_NO_VIDEO  # why no sequence
 from lightning_emo.utils import atomic_write_text, log
 
 STORE_FORMAT = 1

@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sklearn.linear_model import LogisticRegression
+from lightning_emo.fusion.calibration import TemperatureScaling, nll, stack_posteriors
 
 # scikit-learn is imported where it is used: inference with a prior or confidence rule never
 # loads it (about 1 s of a cold `lightning-emo infer`).
-
-from lightning_emo.fusion.calibration import TemperatureScaling, nll, stack_posteriors
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 Posteriors = Sequence[np.ndarray] | np.ndarray
 STATE_VERSION = 1

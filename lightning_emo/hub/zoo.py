@@ -53,9 +53,8 @@ def zoo_dir(zoo: str | os.PathLike | None = None) -> Path:
     if os.environ.get(ZOO_ENV):
         return Path(os.environ[ZOO_ENV])
     package = Path(__file__).resolve().parents[1]
-    checkout = package.parent / "zoo"
-    if checkout.is_dir():
-        return checkout
+    if (package.parent / "pyproject.toml").is_file() and (package.parent / "zoo").is_dir():  # a checkout
+        return package.parent / "zoo"
     return package / "_zoo"
 
 
