@@ -78,7 +78,7 @@ class Protocol:
         train_args: extra ``fit`` arguments for every head, e.g. ``["--trainer.max_epochs=30"]``.
         rules: fusion rules (``lr ensemble prior cascade weighted``).
         calibrate: temperature-scale each model on validation before fusing.
-        batch_size, num_workers: for extraction.
+        batch_size, num_workers: for extraction (``num_workers`` None: the extractor's default).
         extract_trainer: ``pl.Trainer`` arguments of the extraction (``devices``, ``accelerator``).
     """
 
@@ -92,7 +92,7 @@ class Protocol:
     rules: list[str] = field(default_factory=lambda: ["lr", "ensemble", "prior", "cascade"])
     calibrate: bool = False
     batch_size: int = 8
-    num_workers: int = 2
+    num_workers: Optional[int] = None
     extract_trainer: dict[str, Any] = field(default_factory=dict)
 
 

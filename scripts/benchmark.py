@@ -80,7 +80,7 @@ class Config:
     max_speech: float = 4.5
     extractors: tuple[str, ...] = EXTRACTORS
     batch_size: int = 8
-    num_workers: int = 2
+    num_workers: int | None = None  # None: the package's default (default_decoding_workers)
     # training: a CHEAVD-sized corpus of stored random features
     n_train: int = 1550
     n_val: int = 221
@@ -551,7 +551,10 @@ def bench_extraction(cfg: Config, work: Path, device) -> dict[str, Any]:
     progress(f"extraction corpus: {facts['clips']} clips, {facts['seconds']} s of media, {facts['frame']} at "
              f"{facts['native_fps']} fps ({facts['face_frames_5fps']} frames at {FACE_FPS:g} fps)")
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    results: dict[str, Any] = {"corpus": facts, "batch_size": cfg.batch_size, "num_workers": cfg.num_workers,
+    from lightning_emo.extractors.extract import default_decoding_workers
+
+    workers = cfg.num_workers if cfg.num_workers is not None else default_decoding_workers(device.type == "cpu")
+    results: dict[str, Any] = {"corpus": facts, "batch_size": cfg.batch_size, "num_workers": workers,
                                "repeats": cfg.repeats, "extractors": {}, "load_average_start": load_average()}
     for name in cfg.extractors:
         progress(f"extraction: {name}")
@@ -1192,7 +1195,8 @@ SUMMARY = re.compile(r"extract (\S+): (\d+) clips written.*?; ([\d.]+) s(?: \(([
 def cli_extract(manifest: Path, name: str, out: Path, devices: int, cfg: Config, work: Path, device) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = cli_command() + ["extract", "--manifest", str(manifest), "--extractor", name, "--out", str(out),
-                           "--batch-size", str(cfg.batch_size), "--num-workers", str(cfg.num_workers),
+                           "--batch-size", str(cfg.batch_size),
+                           *(["--num-workers", str(cfg.num_workers)] if cfg.num_workers is not None else []),
                            "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
                            "--trainer.devices", str(devices)]
     if name in ("facenet_vggface2", "hog"):
@@ -1405,7 +1409,9 @@ def report_extraction(r: dict[str, Any], machine: dict, gpu: bool) -> list[str]:
            "- **per-clip loop**: decode one clip, run it alone (audio: batch 1 = one clip; faces: each frame "
            "through MTCNN and the network one at a time), the way MERTools/EmoBox/emotion2vec scripts extract;",
            f"- **extract**: `run_extraction` (what `lightning-emo extract` runs): batches of {r['batch_size']} clips, "
-           f"decoding in {r['num_workers']} DataLoader workers, faces detected for all frames of a batch in "
+           (f"decoding in {r['num_workers']} DataLoader workers" if r["num_workers"] else
+            "decoding in the main process (the package's default on 2 cores: no core is left for workers)")
+           + ", faces detected for all frames of a batch in "
            "chunks, features written to the store; its time includes the Trainer's start, the workers' start "
            "and the store's merge (the *loop only* column is the predict loop alone);",
            "- **realtime factor (RTF)** = seconds of media per second of wall time;",

@@ -311,3 +311,17 @@ def test_cli_select_and_errors(corpus, reference, tmp_path, capsys):
     code = main(["--manifest", str(corpus), "--extractor", "hog", "--detector", "none", "--fps", "10",
                  "--out", str(tmp_path)])
     assert code == 1 and "fps: 5.0 (store) vs 10.0 (requested)" in capsys.readouterr().err
+
+
+def test_default_decoding_workers_leave_the_cores_to_the_model(monkeypatch):
+    """On the CPU workers get only the cores torch's threads leave free; a GPU gets up to 4 per rank."""
+    from lightning_emo.extractors.extract import default_decoding_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert default_decoding_workers(on_cpu=True) == 0
+    assert default_decoding_workers(on_cpu=False) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 12)
+    assert default_decoding_workers(on_cpu=True) == 2 and default_decoding_workers(on_cpu=False) == 4
+    assert default_decoding_workers(on_cpu=False, processes=8) == 1
