@@ -1409,10 +1409,10 @@ def report_extraction(r: dict[str, Any], machine: dict, gpu: bool) -> list[str]:
            "- **per-clip loop**: decode one clip, run it alone (audio: batch 1 = one clip; faces: each frame "
            "through MTCNN and the network one at a time), the way MERTools/EmoBox/emotion2vec scripts extract;",
            f"- **extract**: `run_extraction` (what `lightning-emo extract` runs): batches of {r['batch_size']} clips, "
-           (f"decoding in {r['num_workers']} DataLoader workers" if r["num_workers"] else
+           + (f"decoding in {r['num_workers']} DataLoader workers" if r["num_workers"] else
             "decoding in the main process (the package's default on 2 cores: no core is left for workers)")
            + ", faces detected for all frames of a batch in "
-           "chunks, features written to the store; its time includes the Trainer's start, the workers' start "
+           "chunks, features written to the store; its time includes the Trainer's start, any workers' start "
            "and the store's merge (the *loop only* column is the predict loop alone);",
            "- **realtime factor (RTF)** = seconds of media per second of wall time;",
            "- **agree**: stored features (float16; compare: float32, its LLDs exceed float16's range) vs the "
@@ -1478,7 +1478,7 @@ def report_extraction(r: dict[str, Any], machine: dict, gpu: bool) -> list[str]:
     cheap = [n for n, x in rows.items() if x["speedup"] is not None and x["speedup"] < 1 and n not in TARGET_EXTRACTORS]
     if cheap:
         out.append(f"- Below 1x ({', '.join(cheap)}): these cost little per clip (or, for HOG, per frame after "
-                   "detection), so `extract`'s fixed costs — Trainer set-up, starting the DataLoader workers, "
+                   "detection), so `extract`'s fixed costs — Trainer set-up, "
                    f"committing and merging the store — dominate on {c['clips']} clips; the scale section shows how "
                    "they amortise over more clips.")
     if not gpu:
@@ -1494,7 +1494,8 @@ def extraction_note(name: str, x: dict, machine: dict) -> str:
     overhead = ratio(x["extract_s"], b["total"])
     best = max(((label, v) for label, v in (x.get("variants") or {}).items() if v.get("speedup")),
                key=lambda kv: kv[1]["speedup"], default=None)
-    best_text = (f" The best setting tried, `{best[0]}`, gives {fmt(best[1]['speedup'])}x." if best else "")
+    best_text = (f" The best setting tried, `{best[0]}`, gives {fmt(best[1]['speedup'])}x."
+                 if best and best[1]["speedup"] > (x.get("speedup") or 0) else "")
     if x["modality"] == "audio":
         gl, gb, gp = x.get("naive_gflops"), x.get("batched_gflops"), x.get("padded_batch_gflops")
         pad = x.get("padding") or {}
@@ -1509,8 +1510,8 @@ def extraction_note(name: str, x: dict, machine: dict) -> str:
                 f"of the machine's GEMM rate ({roof} GFLOP/s)." + padded + " On a CPU the per-clip loop is "
                 "compute-bound, not launch- or "
                 f"decode-bound: no batching can beat roof / batch-1 rate = {fmt(roof / gl if gl else None)}x, so 5x "
-                f"is out of reach here; `extract` itself takes {fmt(overhead)}x its compute floor (Trainer and "
-                "worker start, 2 decoding workers sharing the 2 cores)." + best_text + " On a GPU the batch-1 loop "
+                f"is out of reach here; `extract` itself takes {fmt(overhead)}x the same model on the same batches "
+                "without Lightning (the Trainer's start, decoding, the store's writes)." + best_text + " On a GPU the batch-1 loop "
                 "is launch-bound (one 3 s clip cannot fill the device) and batching is what pays: that target "
                 "needs a GPU run.")
     det_gain = ratio(pp["detect"], b["detect"])
@@ -1522,8 +1523,7 @@ def extraction_note(name: str, x: dict, machine: dict) -> str:
             f"network: {fmt(pp['compute'])} s at batch 1 vs {fmt(b['compute'])} s batched ({fmt(net_gain)}x, "
             f"{fmt(x.get('naive_gflops'))} → {fmt(x.get('batched_gflops'))} GFLOP/s, at the machine's GEMM rate). "
             f"With no overhead at all the batched pipeline is {fmt(floor_gain)}x the loop, and `extract` takes "
-            f"{fmt(overhead)}x that floor (Trainer and worker start, the workers' video decoding sharing the 2 "
-            f"cores). Even with free detection and decoding, the batched network alone bounds the gain at "
+            f"{fmt(overhead)}x that floor (the Trainer's start, video decoding, the store's writes). Even with free detection and decoding, the batched network alone bounds the gain at "
             f"{fmt(net_bound)}x: on 2 cores the face network's FLOPs, not batching, set the limit." + best_text +
             " Beyond that only less work helps: detection on every k-th frame with the tracker filling the gaps, "
             "or a smaller face network.")
@@ -1722,8 +1722,8 @@ def report_scale(r: dict[str, Any]) -> list[str]:
             "measured through the CLI; whole commands with process start: " + "; ".join(walls) + ". Size columns: "
             "in-process. On 2 cores one process already keeps both busy (2 torch threads), so 2 processes "
             "(1 thread each) share the same cores: the ideal is 1x, and what DDP adds — a second process start, "
-            "a gloo all-reduce of the gradients every step, the feature index merge, 2 decoding workers per "
-            "process — is the cost the table shows. The same commands spread over N GPUs or machines; the "
+            "a gloo all-reduce of the gradients every step, the feature index merge and the barriers around it "
+            "— is the cost the table shows. The same commands spread over N GPUs or machines; the "
             "1x/4x columns show how cost grows with the corpus.", ""]
     return out
 
