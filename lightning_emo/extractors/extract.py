@@ -1,13 +1,13 @@
 """``lightning-emo extract``: frozen extractors over a manifest through a Lightning predict loop into feature stores.
 
 One store per extractor (``FEATURES_DIR/<name>/``, :mod:`lightning_emo.data.features`). The
-raw-clip DataModule decodes media in DataLoader workers; :class:`ExtractionModule` runs the
-frozen extractor in ``predict_step`` through :class:`~lightning_emo.extractors.runner.FeatureRunner`
-(audio: waveforms -> features; face: frames -> face detector crops + mask -> features) under
-mixed precision on GPU; :class:`FeatureStoreWriter`
-appends each rank's results to its own segment as batches finish and rank 0 merges the index
-at the end. Runs resume: committed clips are skipped. ``--trainer.devices N`` (with
-``--trainer.strategy ddp``) runs N processes.
+raw-clip DataModule decodes media (in DataLoader workers where the model leaves cores free:
+:func:`default_decoding_workers`); :class:`ExtractionModule` runs the frozen extractor in
+``predict_step`` through :class:`~lightning_emo.extractors.runner.FeatureRunner` (audio:
+waveforms -> features; face: frames -> face detector crops + mask -> features) under mixed
+precision on GPU; :class:`FeatureStoreWriter` appends each rank's results to its own segment
+as batches finish and rank 0 merges the index at the end. Runs resume: committed clips are
+skipped. ``--trainer.devices N`` (with ``--trainer.strategy ddp``) runs N processes.
 
 Python API: :func:`extract`. Test hook: the environment variable
 ``LIGHTNING_EMO_EXTRACT_DELAY`` (seconds) makes each rank sleep after every written batch.
