@@ -312,3 +312,19 @@ def test_workers_read_memmaps(tmp_path):
 
     state = pickle.dumps(dm.stores["audio"])  # what spawned workers receive: no array data
     assert len(state) < 10_000
+
+
+def test_length_buckets_cut_padding_and_keep_every_clip(tmp_path):
+    classes = ["a", "b"]
+    clips = [Clip(f"c{i:03d}", "x.mp4", classes[i % 2], "train") for i in range(96)]
+    path = Manifest(clips, classes, tmp_path).write(tmp_path / "m.csv")
+    store = _fill(tmp_path, clips, AUDIO, "audio", lambda i: 5 + (i * 37) % 200)
+
+    def epoch(dm):
+        batches = list(dm.train_dataloader())
+        return sorted(c for b in batches for c in b["clip_id"]), sum(b["x"].shape[0] * b["x"].shape[1] for b in batches)
+
+    ids, bucketed = epoch(FeatureDataModule(str(path), str(store), batch_size=8))
+    ids_random, padded = epoch(FeatureDataModule(str(path), str(store), batch_size=8, bucket_by_length=False))
+    assert ids == ids_random == sorted(c.clip_id for c in clips)
+    assert bucketed < 0.75 * padded
