@@ -20,6 +20,7 @@ from lightning_emo.pretrain.face_data import (
 )
 from lightning_emo.pretrain.faces import FaceCNNPretraining
 from lightning_emo.pretrain.synthetic import synth_identity_folder
+from helpers import quiet_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(fc_dims=(64, 64), optimizer="adam", lr=1e-3, dropout=0.2, scheduler=None)
@@ -33,13 +34,6 @@ def faces(tmp_path_factory) -> Path:
     return synth_identity_folder(tmp_path_factory.mktemp("faces"), n_identities=4, per_identity=12, seed=0)
 
 
-def _trainer(tmp_path, **kw) -> pl.Trainer:
-    args = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
-    args.update(kw)
-    return pl.Trainer(**args)
-
-
 @pytest.fixture(scope="module")
 def trained(faces, tmp_path_factory):
     """One short CPU fit shared by the tests below."""
@@ -47,14 +41,14 @@ def trained(faces, tmp_path_factory):
     pl.seed_everything(0)
     dm = IdentityFolderDataModule(str(faces), batch_size=8, val_fraction=0.25, seed=0)
     model = FaceCNNPretraining(**TINY)
-    before = _trainer(tmp, inference_mode=False).validate(model, dm, verbose=False)[0]
+    before = quiet_trainer(tmp, inference_mode=False).validate(model, dm, verbose=False)[0]
     accs: list[float] = []
 
     class Curve(pl.Callback):
         def on_validation_epoch_end(self, trainer, pl_module):
             accs.append(float(trainer.callback_metrics["val/acc"]))
 
-    trainer = _trainer(tmp, max_epochs=4, callbacks=[Curve()])
+    trainer = quiet_trainer(tmp, max_epochs=4, callbacks=[Curve()])
     trainer.fit(model, dm)
     ckpt = tmp / "face.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -162,7 +156,7 @@ def test_checkpoint_rebuilds_and_identity_mismatch_is_an_error(trained, tmp_path
     with pytest.raises(ValueError, match="4 identities"):
         other.on_load_checkpoint(torch.load(trained["ckpt"], map_location="cpu", weights_only=True))
     with pytest.raises(ValueError, match="the data has 4 identities"):
-        _trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(other, trained["dm"])
+        quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(other, trained["dm"])
 
 
 def test_export_loads_as_face_cnn_and_runs_extract_with_selection(trained, tmp_path):

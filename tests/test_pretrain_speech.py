@@ -28,6 +28,7 @@ from lightning_emo.pretrain.asr_data import (
 )
 from lightning_emo.pretrain.speech import SpeechDNNPretraining, ctc_greedy_decode
 from lightning_emo.pretrain.synthetic import synth_asr_corpus
+from helpers import quiet_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_dim=128, num_hidden=2, context=5, activation="relu", lr=3e-3, frontend={"cmvn": "none"})
@@ -56,13 +57,6 @@ class _Curve(pl.Callback):
             self.val.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
 
 
-def _trainer(tmp_path, **kw) -> pl.Trainer:
-    args = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
-    args.update(kw)
-    return pl.Trainer(**args)
-
-
 @pytest.fixture(scope="module")
 def trained(asr_corpus, tmp_path_factory):
     """One short CPU fit shared by the tests below: the module, its checkpoint, the curve and the CER before/after."""
@@ -72,8 +66,8 @@ def trained(asr_corpus, tmp_path_factory):
     model = SpeechDNNPretraining(**TINY)
     curve = _Curve()
     # builds the network from the data's vocabulary; no inference mode: its metric states are reused in fit
-    before = _trainer(tmp, inference_mode=False).validate(model, dm, verbose=False)[0]
-    trainer = _trainer(tmp, max_epochs=14, callbacks=[curve])
+    before = quiet_trainer(tmp, inference_mode=False).validate(model, dm, verbose=False)[0]
+    trainer = quiet_trainer(tmp, max_epochs=14, callbacks=[curve])
     trainer.fit(model, dm)
     after = trainer.validate(model, dm, verbose=False)[0]
     ckpt = tmp / "speech.ckpt"
@@ -353,7 +347,7 @@ def test_bottleneck_variant_exports_to_speech_bottleneck(asr_corpus, tmp_path):
     pl.seed_everything(0)
     dm = ASRDataModule(str(asr_corpus), batch_size=8, max_utterances=16)
     model = SpeechDNNPretraining(**{**TINY, "bottleneck": 16, "norm_batches": 2})
-    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=1)
     trainer.fit(model, dm)
     ckpt = tmp_path / "bn.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -374,7 +368,7 @@ def test_vocabulary_mismatch_with_checkpoint_is_an_error(trained, asr_corpus, tm
         model.on_load_checkpoint(ckpt)
     # the model's own vocabulary decides how the datamodule encodes transcripts
     dm = ASRDataModule(str(asr_corpus), batch_size=4)
-    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(model, dm)
     assert dm.vocabulary == other
 
@@ -436,6 +430,6 @@ def test_ctc_on_espeak_words(tmp_path):
     dm = ASRDataModule(str(csv), unit="token", batch_size=4)
     model = SpeechDNNPretraining(**{**TINY, "hidden_dim": 256})
     curve = _Curve()
-    _trainer(tmp_path, max_epochs=20, callbacks=[curve]).fit(model, dm)
+    quiet_trainer(tmp_path, max_epochs=20, callbacks=[curve]).fit(model, dm)
     print(f"\nespeak-ng: TER per epoch {[round(v['val/ter'], 3) for v in curve.val]}")
     assert curve.val[-1]["val/ter"] < 0.6

@@ -303,27 +303,21 @@ def assign_asr_splits(manifest: ASRManifest, val_fraction: float = 0.1, seed: in
     rng = random.Random(seed)
     assignment: dict[str, str] = {}
     notes = list(manifest.notes)
-    if all(u.speaker for u in todo):
-        speakers = sorted({u.speaker for u in todo})
-        rng.shuffle(speakers)
-        n_val = round(val_fraction * len(speakers))
-        if val_fraction > 0 and len(speakers) > 1:
-            n_val = min(max(n_val, 1), len(speakers) - 1)
-        val = set(speakers[:n_val])
-        for u in todo:
-            assignment[u.utt_id] = "val" if u.speaker in val else "train"
-        notes.append(f"assigned train/val by speaker (seed {seed}): {n_val} of {len(speakers)} speakers to val")
+    by_speaker = all(u.speaker for u in todo)
+    group = (lambda u: u.speaker) if by_speaker else (lambda u: u.utt_id)
+    groups = sorted({group(u) for u in todo})
+    rng.shuffle(groups)
+    n_val = round(val_fraction * len(groups))
+    if val_fraction > 0 and len(groups) > 1:  # both splits get a group
+        n_val = min(max(n_val, 1), len(groups) - 1)
+    val = set(groups[:n_val])
+    for u in todo:
+        assignment[u.utt_id] = "val" if group(u) in val else "train"
+    if by_speaker:
+        notes.append(f"assigned train/val by speaker (seed {seed}): {n_val} of {len(groups)} speakers to val")
     else:
-        ids = sorted(u.utt_id for u in todo)
-        rng.shuffle(ids)
-        n_val = round(val_fraction * len(ids))
-        if val_fraction > 0 and len(ids) > 1:
-            n_val = min(max(n_val, 1), len(ids) - 1)
-        val = set(ids[:n_val])
-        for i in ids:
-            assignment[i] = "val" if i in val else "train"
         notes.append(f"assigned train/val by utterance (seed {seed}; some utterances have no speaker): "
-                     f"{n_val} of {len(ids)} to val, NOT speaker-independent")
+                     f"{n_val} of {len(groups)} to val, NOT speaker-independent")
     utts = [replace(u, split=assignment[u.utt_id]) if u.utt_id in assignment else u for u in manifest.utterances]
     return replace(manifest, utterances=utts, notes=notes)
 
