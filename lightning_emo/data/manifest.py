@@ -168,6 +168,53 @@ def _parse_time(value: str, file: Path, line: int, name: str) -> float | None:
     return t
 
 
+def _check_header(file: Path, header: list[str]) -> None:
+    """Refuse a header naming a column twice: the second copy would silently win for every row."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if name in seen:
+            raise ManifestError(file, f"column named twice in the header (columns {seen[name]} and {i} of "
+                                f"{','.join(header)}): remove one of them", 1, name)
+        seen[name] = i
+
+
+def _check_classes(classes: Sequence[str], file: Path) -> list[str]:
+    """The class list as distinct, non-empty names; a duplicate would make two label indices one name."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ManifestError(file, f"classes must be a list of class names, got {classes!r}", None, "classes")
+    names = [str(c).strip() if isinstance(c, str) else c for c in classes]
+    for c in names:
+        if not isinstance(c, str) or not c:
+            raise ManifestError(file, f"every class must be a non-empty name, got {c!r} in {list(classes)}",
+                                None, "classes")
+    dupes = sorted(c for c, n in Counter(names).items() if n > 1)
+    if dupes:
+        raise ManifestError(file, f"duplicate class name(s) {', '.join(map(repr, dupes))} in {names}: each class "
+                            "must be listed once", None, "classes")
+    return names
+
+
+def _check_inside_root(file: Path, line: int, clip_path: str) -> None:
+    """Refuse a media path that leaves the corpus root (absolute, or climbing out with ``..``).
+
+    The check is on the text of the manifest: symbolic links inside the root are the corpus
+    owner's own arrangement (media kept on another disk) and are followed.
+    """
+    p = clip_path.replace("\\", "/")
+    if os.path.isabs(clip_path) or p.startswith("/") or (len(p) > 1 and p[1] == ":"):
+        raise ManifestError(file, f"absolute media path {clip_path!r}: paths must be relative to the corpus root "
+                            "(see the sidecar's 'root' or --root)", line, "path")
+    depth = 0
+    for part in p.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise ManifestError(file, f"media path {clip_path!r} leaves the corpus root: paths must stay "
+                                    "inside it (move the root up with --root or the sidecar's 'root')", line, "path")
+        elif part not in ("", "."):
+            depth += 1
+
+
 def read_manifest(
     path: str | os.PathLike,
     root: str | os.PathLike | None = None,
@@ -209,6 +256,7 @@ def read_manifest(
             raise ManifestError(path, "empty manifest: no header and no clips (expected header "
                                 f"{','.join(REQUIRED_COLUMNS)})", 1) from None
         header = [h.strip() for h in header]
+        _check_header(path, header)
         for col in REQUIRED_COLUMNS:
             if col not in header:
                 raise ManifestError(path, f"missing column (header is {','.join(header)}; expected "
@@ -236,7 +284,7 @@ def read_manifest(
     if classes is None:
         classes = sorted({r["label"] for _, r in rows})
         notes.append("no class list given: using the sorted labels found")
-    classes = list(classes)
+    classes = _check_classes(classes, sidecar_path(path) if meta.get("classes") is classes else path)
     class_set = set(classes)
 
     clips, seen = [], {}
@@ -249,6 +297,7 @@ def read_manifest(
         seen[r["clip_id"]] = line_no
         if not r["path"]:
             raise ManifestError(path, "empty path", line_no, "path")
+        _check_inside_root(path, line_no, r["path"])
         if check_files and not (root / r["path"]).is_file():
             raise ManifestError(path, f"media file not found: {root / r['path']}", line_no, "path")
         if r["label"] not in class_set:

@@ -6,6 +6,7 @@ import argparse
 import inspect
 import sys
 
+from lightning_emo.data.checks import check_splits
 from lightning_emo.data.corpora import CORPORA
 from lightning_emo.data.labelmap import LabelMapError, apply_label_map
 from lightning_emo.data.manifest import DEFAULT_RATIOS, ManifestError, assign_splits, read_manifest
@@ -81,4 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(manifest.summary())
     print(f"wrote {out}")
+    # What training, evaluation and fusion will refuse or weigh less, said now rather than later.
+    for warning in check_splits(manifest.clips, manifest.classes, "prepare", out, warn=False):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
