@@ -248,12 +248,13 @@ def test_killed_fit_resumed_with_ckpt_path_last_reaches_the_same_result(toy, tmp
         assert killed.returncode == -signal.SIGKILL
     else:  # preemption: stops after the batch, exits 143 and says how to resume
         assert killed.returncode == SIGTERM_EXIT, killed.stderr[-3000:]
-        assert "SIGTERM" in killed.stderr and f"--ckpt_path {last}" in killed.stderr
+        assert "SIGTERM" in killed.stderr and f"--ckpt_path {last.relative_to(tmp_path)}" in killed.stderr
         assert "last completed epoch (2)" in killed.stderr
     assert _epoch_of(last) == 2  # epochs 0-2 completed, epoch 3 interrupted
 
-    # the saved config (what the message names) with --ckpt_path last: the same run directory, epoch 3 on
-    resumed = _cli(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last"], tmp_path)
+    # the same command plus --ckpt_path (last, or the path the message names): the same run directory, epoch 3 on
+    resumed = _cli(["fit", "--config", str(config), "--ckpt_path", "last" if sig == "SIGKILL" else str(last)],
+                   tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "runs" / "toy").iterdir()) == ["version_0"]
     assert _rows(run) == _rows(uninterrupted)  # every epoch's metrics, the interrupted epoch once

@@ -7,7 +7,7 @@ the run's own directory and reaches the same weights and metrics as a run never 
   the end of every training epoch (Lightning 2.6 writes it only when a top-k checkpoint is
   written, i.e. when the monitored metric improves); the best-k checkpoints are unchanged.
 * :class:`RngState` puts the torch / numpy / Python RNG states in the checkpoint and restores
-  them at the start of the first epoch after a resume (dropout, random crops).
+  them on resume (dropout, random crops, shuffles without a generator of their own).
 * The optimizer, schedulers, loops, callbacks (early stopping, fine-tuning with its unfrozen
   parameter groups) and the datamodule's own state are Lightning's checkpoint contents; the
   length-bucket sampler draws its order from ``(seed, epoch)``, set by Lightning each epoch.
@@ -96,29 +96,24 @@ def _from_plain(state: Any) -> Any:
 
 
 class RngState(Callback):
-    """Saves the RNG states with each checkpoint; restores them when the first resumed epoch starts.
+    """Saves the RNG states with each checkpoint (at the end of an epoch) and restores them on resume.
 
-    Restoring at epoch start (not at load) undoes whatever the resume itself drew (the sanity
-    check, model construction), so the resumed epoch draws exactly what the uninterrupted one did.
-    Under DDP the checkpoint holds rank 0's states, which every rank restores.
+    Lightning restores callbacks before it builds the training DataLoader iterator (which draws
+    its base seed, and a shuffling sampler its order, from the global generator when it has none
+    of its own); its sanity check runs under ``isolate_rng``. So the resumed epoch draws exactly
+    what the uninterrupted one did. Under DDP the checkpoint holds rank 0's states, which every
+    rank restores.
     """
-
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         states = _collect_rng_states(include_cuda=torch.cuda.is_available())
         return {key: _to_plain(value) for key, value in states.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = {key: _from_plain(value) for key, value in state_dict.items()}
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending is not None:
-            states, self._pending = self._pending, None
-            if not torch.cuda.is_available():
-                states.pop("torch.cuda", None)
-            _set_rng_states(states)
+        states = {key: _from_plain(value) for key, value in state_dict.items()}
+        if not torch.cuda.is_available():
+            states.pop("torch.cuda", None)
+        _set_rng_states(states)
 
 
 # --------------------------------------------------------------------------- run directories
