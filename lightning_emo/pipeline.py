@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from lightning_emo.utils import atomic_write_text, log, setup_logging
+from lightning_emo.utils import OutputExistsError, atomic_write_text, log, setup_logging
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -78,6 +78,8 @@ class Protocol:
         train_args: extra ``fit`` arguments for every head, e.g. ``["--trainer.max_epochs=30"]``.
         rules: fusion rules (``lr ensemble prior cascade weighted``).
         calibrate: temperature-scale each model on validation before fusing.
+        overwrite: use an ``out`` folder that holds files ``reproduce`` did not write (its own
+            folder is always resumed).
         batch_size, num_workers: for extraction (``num_workers`` None: the extractor's default).
         extract_trainer: ``pl.Trainer`` arguments of the extraction (``devices``, ``accelerator``).
     """
@@ -91,6 +93,7 @@ class Protocol:
     train_args: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=lambda: ["lr", "ensemble", "prior", "cascade"])
     calibrate: bool = False
+    overwrite: bool = False
     batch_size: int = 8
     num_workers: Optional[int] = None
     extract_trainer: dict[str, Any] = field(default_factory=dict)
@@ -111,7 +114,7 @@ def run_protocol(p: Protocol) -> Any:
         raise ValueError("the protocol needs at least one audio and one video feature set (config keys "
                          "'audio' and 'video')")
     out = Path(p.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, p.overwrite)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
     total = 3 + len(sets)
     timings: dict[str, float] = {}
@@ -154,7 +157,7 @@ def run_protocol(p: Protocol) -> Any:
     modalities = {name: modality for name, modality, _ in sets}
     report = fuse_report({n: predictions[n] for n in modalities}, modalities=modalities, rules=p.rules,
                          calibrate=p.calibrate)
-    report.write(out / "fusion")
+    report.write(out / "fusion", overwrite=True)  # this protocol's own tables, rebuilt from the predictions
     timings["fuse"] = time.perf_counter() - t
     atomic_write_text(out / "protocol.json", json.dumps({"protocol": asdict(p), "manifest": str(manifest_path),
                                                          "stores": {k: str(v) for k, v in stores.items()},
@@ -164,6 +167,22 @@ def run_protocol(p: Protocol) -> Any:
     log.info("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     log.info(f"tables, fused predictions and the confusion matrix: {out / 'fusion'}")
     return report
+
+
+MARKER = ".lightning-emo-reproduce"
+
+
+def _claim(out: Path, overwrite: bool) -> None:
+    """Make ``out`` this protocol's folder: refuse a non-empty folder it did not write unless ``overwrite``.
+
+    A folder it wrote (its marker or ``protocol.json``) is resumed: finished stores, runs and
+    predictions are reused.
+    """
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not (out / "protocol.json").exists():
+        if not overwrite:
+            raise OutputExistsError([out], what="the output folder (not written by reproduce)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
 
 
 def resolve_config(path: str) -> Path:
@@ -192,7 +211,7 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
     """``fit`` a head on one store through the LightningCLI, then ``predict`` with its best checkpoint.
 
     Returns the written ``predictions.csv``. A finished run (``runs/<name>/predictions.csv``
-    newer than its store) is reused.
+    newer than its store) is reused; an interrupted one resumes from its ``last.ckpt``.
     """
     from lightning_emo.models.cli import cli
 
@@ -205,6 +224,10 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
             "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
             "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
             "--trainer.logger.init_args.version", "fit", "--trainer.enable_model_summary", "false", *extra]
+    last = runs / name / "fit" / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info(f"{name}: resuming the interrupted training from {last}")
+        args += ["--ckpt_path", str(last)]
     import torch
 
     threads = torch.get_num_threads()
@@ -219,6 +242,7 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
         sys.argv = argv
         torch.set_num_threads(threads)
     best = c.trainer.checkpoint_callback.best_model_path or None
+    _predictions_writer(c.trainer).overwrite = True  # this protocol's own file, rewritten for a new training
     c.trainer.predict(c.model, datamodule=c.datamodule, ckpt_path=best)
     written = _predictions_writer(c.trainer).last_path
     written = Path(written)
@@ -255,7 +279,15 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     cfg = parser.parse_args(argv)
     cfg = parser.instantiate(cfg)
     protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
-    run_protocol(protocol)
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        run_protocol(protocol)
+    except SIGTERMException:  # during training: the run's last.ckpt is resumed by the same command
+        log.error(f"reproduce stopped by SIGTERM; run the same command again to resume (finished stores, "
+                  f"trainings and predictions in {protocol.out} are reused, an interrupted training resumes "
+                  "from its last.ckpt)")
+        return 143
     return 0
 
 

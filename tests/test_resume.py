@@ -176,6 +176,9 @@ def test_ckpt_path_last_resumes_in_the_newest_run_that_has_one(tmp_path):
     assert config["trainer"]["logger"].init_args["version"] == 0
     config = _logger_config(tmp_path / "runs", version=5)
     assert resume_in_run_dir(config) is None and config["ckpt_path"] == "last"
+    config = _logger_config(tmp_path / "runs", version=0)  # explicit, and the checkpoint is that run's
+    config["ckpt_path"] = str(base / "version_0" / "checkpoints" / "last.ckpt")
+    assert resume_in_run_dir(config) == Path(config["ckpt_path"])
     config = _logger_config(tmp_path / "runs")
     config["ckpt_path"] = str(tmp_path / "elsewhere.ckpt")
     assert resume_in_run_dir(config) is None and config["trainer"]["logger"].init_args["version"] is None

@@ -9,7 +9,8 @@ import sys
 from lightning_emo.data.checks import check_splits
 from lightning_emo.data.corpora import CORPORA
 from lightning_emo.data.labelmap import LabelMapError, apply_label_map
-from lightning_emo.data.manifest import DEFAULT_RATIOS, ManifestError, assign_splits, read_manifest
+from lightning_emo.data.manifest import DEFAULT_RATIOS, ManifestError, assign_splits, read_manifest, sidecar_path
+from lightning_emo.utils import OutputExistsError, check_outputs
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -46,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
                         "IEMOCAP's sessions) to the splits")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="adapter option, e.g. modality=audio-only for ravdess, labels=FILE for cheavd")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV and its .json sidecar")
     args = parser.parse_args(argv)
     if args.label_map and not args.classes:
         parser.error("--label-map needs --classes: the target class list the labels are mapped onto")
+    try:
+        # the CSV and its sidecar: an unrelated x.json beside x.csv is the user's too
+        check_outputs([args.out, sidecar_path(args.out)], args.overwrite)
+    except OutputExistsError as e:
+        parser.exit(2, f"lightning-emo prepare: {e}\n")
     try:
         if args.corpus == "manifest":
             if not args.manifest:

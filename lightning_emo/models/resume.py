@@ -142,7 +142,8 @@ def resume_in_run_dir(config: Any) -> Path | None:
     ``config`` is the ``fit`` subcommand's namespace (LightningCLI's ``before_instantiate_classes``).
     ``ckpt_path: last`` resolves to the newest ``last*.ckpt`` of the logger's newest version that
     has one; a checkpoint inside ``<save_dir>/<name>/version_N/checkpoints/`` sets the logger's
-    version to ``N``. Loggers with an explicit version, or checkpoints elsewhere, are left alone.
+    version to ``N``; one inside the run of a logger's explicit version is that run's. Checkpoints
+    elsewhere are left alone (a new run directory, Lightning's behaviour).
     """
     ckpt = config.get("ckpt_path")
     logger = config.get("trainer", {}).get("logger") if ckpt else None
@@ -168,12 +169,16 @@ def resume_in_run_dir(config: Any) -> Path | None:
         config["ckpt_path"] = str(path)
     else:
         path = Path(ckpt)
-        if path.parent.name != "checkpoints" or not (m := _VERSION.match(path.parent.parent.name)):
+        if path.parent.name != "checkpoints":
+            return None
+        run = path.parent.parent.resolve()
+        for _, base, v in targets:  # an explicit version: the checkpoint is that run's (e.g. reproduce's "fit")
+            if v is not None and (base / (v if isinstance(v, str) else f"version_{v}")).resolve() == run:
+                return path
+        if not (m := _VERSION.match(run.name)) or not any(base.resolve() == run.parent and v is None
+                                                          for _, base, v in targets):
             return None
         version = int(m.group(1))
-        run_base = path.parent.parent.parent.resolve()
-        if not any(base.resolve() == run_base and v is None for _, base, v in targets):
-            return None
     for init, base, v in targets:
         if v is None:
             init["version"] = version
