@@ -48,7 +48,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from lightning_emo.models.module import EmotionModule
 from lightning_emo.models.resume import SIGTERM_EXIT, EpochCheckpoint, KeepMetrics, Preemption, RngState, resume_in_run_dir
 from lightning_emo.models.writer import PredictionsWriter
-from lightning_emo.utils import setup_logging
+from lightning_emo.utils import disk_full, setup_logging
 
 # datamodule attribute -> EmotionModule argument (same name)
 LINKED = ("num_classes", "classes", "input_dim", "modality", "extractor_spec", "class_counts")
@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         cli(None if argv == sys.argv[1:] else argv)
     except SIGTERMException:  # Lightning stopped after the current batch; Preemption said how to resume
         return SIGTERM_EXIT
+    except OSError as e:  # a checkpoint write is atomic: the one it would have replaced is still there
+        full = disk_full(e, kept="every checkpoint written before (last.ckpt: the last completed epoch) is kept; "
+                                 "resume with --ckpt_path last once there is space")
+        if full is None:
+            raise
+        raise full from e
     return 0
 
 
