@@ -222,7 +222,7 @@ class FeatureStore:
                     raise
                 log.info(f"feature store {path}: key differs, --overwrite given: removing the old store")
                 _remove_store(path)
-        elif path.exists() and any(path.iterdir()):
+        elif path.exists() and any(p.name != RUN_LOCK_FILE for p in path.iterdir()):
             raise FeatureStoreError(f"{path} exists, is not empty and holds no {STORE_FILE}: refusing to write a "
                                     "feature store into it (choose another directory)")
         (path / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
@@ -512,6 +512,8 @@ def _stat_stamp(p: Path) -> list[int]:
 
 def _remove_store(path: Path) -> None:
     for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.parent == path and p.name == RUN_LOCK_FILE:
+            continue  # held by the run that replaces the store
         if p.is_dir():
             p.rmdir()
         else:

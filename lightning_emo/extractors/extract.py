@@ -424,11 +424,14 @@ def run_extraction(
     key = cache_key(spec, dtype=dtype, detector=detector if face else None, fps=probe_fps if face else None,
                     extra=key_extra or None)
     store_path = Path(out) / (name or extractor)
-    store = FeatureStore.create(store_path, spec, key, dtype=dtype, overwrite=overwrite)
+    # the lock first, so that a run replacing a store (overwrite) or creating it has it to itself;
     # DDP ranks > 0 (launched with RANK/LOCAL_RANK set) run under their rank 0's lock
-    command = " ".join(["lightning-emo", *sys.argv[1:]])
-    lock = RunLock(store_path, command=command, wait=wait) if _launch_rank() == 0 else None
+    lock = None
+    if _launch_rank() == 0:
+        store_path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(store_path, command=" ".join(["lightning-emo", *sys.argv[1:]]), wait=wait)
     try:
+        store = FeatureStore.create(store_path, spec, key, dtype=dtype, overwrite=overwrite)
         return _run_locked(store, manifest, model, det, spec, probe_fps, batch_size, num_workers, precision,
                            commit_every, on_error, trainer, detector if face else None)
     finally:
