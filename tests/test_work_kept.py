@@ -231,3 +231,87 @@ def test_fuse_refuses_an_earlier_fuse_folder(tmp_path):
     assert main(args) == 2
     assert (tmp_path / "fusion" / "results.md").read_text() == before
     assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from lightning_emo.hub._testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def test_infer_timelines_of_same_named_files_never_collide_and_outputs_are_not_replaced(tiny, tmp_path, capsys):
+    from lightning_emo.cli import main
+    from lightning_emo.hub._testing import random_clip
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    a = random_clip(tmp_path / "a" / "clip.mp4", seconds=3.0, fps=10.0)
+    b = random_clip(tmp_path / "b" / "clip.mp4", seconds=3.0, fps=10.0, seed=5)
+    args = ["infer", str(a), str(b), "--model", str(tiny["export"]), "--timeline", "--window", "2", "--hop", "1",
+            "--out", str(tmp_path / "tl"), "--quiet", "--no-plot"]
+    assert main(args) == 0
+    docs = {p.name: json.loads(p.read_text()) for p in (tmp_path / "tl").glob("*.timeline.json")}
+    assert sorted(docs) == ["a-clip.timeline.json", "b-clip.timeline.json"]
+    assert docs["a-clip.timeline.json"]["file"] == str(a) and docs["b-clip.timeline.json"]["file"] == str(b)
+    before = (tmp_path / "tl" / "a-clip.timeline.csv").read_text()
+    capsys.readouterr()
+    assert main(args) == 1  # a second time: refused before any work, naming the files
+    err = capsys.readouterr().err
+    assert "a-clip.timeline.csv" in err and "--overwrite" in err
+    assert (tmp_path / "tl" / "a-clip.timeline.csv").read_text() == before
+    assert main([*args, "--overwrite"]) == 0
+    # per-clip outputs: --json / --csv
+    (tmp_path / "p.json").write_text("mine")
+    assert main(["infer", str(a), "--model", str(tiny["export"]), "--json", str(tmp_path / "p.json"), "--quiet"]) == 1
+    assert (tmp_path / "p.json").read_text() == "mine"
+
+
+def test_export_refuses_a_folder_holding_an_exported_model(tiny, tmp_path, capsys):
+    from lightning_emo.cli import main
+
+    args = ["export", "--ckpt", f"audio={tiny['audio']}", "--ckpt", f"video={tiny['video']}", "--fusion",
+            str(tiny["rule"]), "--features", f"video={tiny['store']}", "--out", str(tmp_path / "m")]
+    assert main(args) == 0
+    config = (tmp_path / "m" / "config.json").read_bytes()
+    assert main(args) == 1
+    assert "config.json" in capsys.readouterr().err and (tmp_path / "m" / "config.json").read_bytes() == config
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_predict_refuses_an_existing_predictions_csv_before_predicting(tmp_path, monkeypatch, capsys):
+    from lightning_emo.cli import main
+
+    try:
+        from test_module import make_toy_corpus
+        from test_resume import _config
+    except ImportError:
+        from tests.test_module import make_toy_corpus
+        from tests.test_resume import _config
+    monkeypatch.chdir(tmp_path)
+    make_toy_corpus(tmp_path / "toy")
+    config = _config(tmp_path / "toy", tmp_path, max_epochs=1)
+    assert main(["fit", "--config", str(config)]) == 0
+    run = tmp_path / "runs" / "toy" / "version_0"
+    args = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    assert main(args) == 0
+    before = (run / "predictions.csv").read_text()
+    with pytest.raises(OutputExistsError, match=r"predictions\.csv already exists.*--predictions\.overwrite true"):
+        main(args)
+    assert (run / "predictions.csv").read_text() == before
+    assert main([*args, "--predictions.overwrite", "true"]) == 0
+
+
+def test_reproduce_refuses_a_folder_it_did_not_write(tmp_path):
+    from lightning_emo.pipeline import MARKER, _claim
+
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not written by reproduce"):
+        _claim(tmp_path / "theirs", overwrite=False)
+    _claim(tmp_path / "ours", overwrite=False)  # new: claimed, then resumed
+    assert (tmp_path / "ours" / MARKER).exists()
+    (tmp_path / "ours" / "runs").mkdir()
+    _claim(tmp_path / "ours", overwrite=False)
+    _claim(tmp_path / "theirs", overwrite=True)
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"  # nothing of theirs is deleted
