@@ -230,7 +230,7 @@ def test_predict_with_manifest_classes_in_another_order_matches_by_name(toy_run)
 def test_test_metrics_with_reordered_manifest_are_unchanged_and_other_classes_refused(toy_run):
     import torch
 
-    from lightning_emo.data.features import FeatureDataModule
+    from lightning_emo.data.datamodule import FeatureDataModule
     from lightning_emo.models.module import EmotionModule
 
     root, run, best, manifest = toy_run
