@@ -178,7 +178,7 @@ def test_cli_extract_downloads_reuses_refuses_and_works_offline(face_clip, mirro
     """The issue's check: hubert_base and facenet_vggface2 --detector mtcnn from a loopback mirror only."""
     from facenet_pytorch import InceptionResnetV1
 
-    from lightning_emo.data.features import FeatureStore
+    from lightning_emo.data.store import FeatureStore
 
     torch.manual_seed(0)
     facenet = _torch_bytes(InceptionResnetV1(classify=True, num_classes=8631).state_dict())
