@@ -13,6 +13,7 @@ import torch
 import torchaudio
 
 from lightning_emo.extractors import EXTRACTORS, WeightsNotFoundError, build_extractor
+from lightning_emo.extractors.weights import WeightsDownloadError
 from lightning_emo.extractors import ssl as ssl_mod
 from lightning_emo.extractors.audio import MFCCFrontEnd, replicate_pad
 from lightning_emo.extractors.base import ExtractorSpec, torch_hub_checkpoint
@@ -350,11 +351,16 @@ def test_ssl_layer_options_rejected():
         build_extractor("hubert_base", arch={"encoder_depth": 2})
 
 
-def test_ssl_missing_and_mismatched_weights(tmp_path):
+def test_ssl_missing_and_mismatched_weights(tmp_path, monkeypatch):
     expected = torch_hub_checkpoint("hubert_fairseq_base_ls960.pth")
     assert str(expected).startswith(os.environ["TORCH_HOME"])
-    with pytest.raises(WeightsNotFoundError, match=re.escape(str(expected))):
+    # not cached: downloaded on first use; here the (conftest) mirror refuses the connection
+    with pytest.raises(WeightsDownloadError, match=r"127\.0\.0\.1:1/.*hubert_fairseq_base_ls960\.pth.*connection refused"):
         build_extractor("hubert_base")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match=re.escape(str(expected)) + ".*offline"):
+        build_extractor("hubert_base")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(WeightsNotFoundError, match=re.escape(str(tmp_path / "nope.pth"))):
         build_extractor("wavlm_base", weights=tmp_path / "nope.pth")
     _save_tiny("wav2vec2_base", tmp_path / "tiny.pth")
@@ -367,16 +373,59 @@ def test_ssl_missing_and_mismatched_weights(tmp_path):
         build_extractor("wav2vec2_base", weights=tmp_path / "junk.pth", arch=TINY)
 
 
-def test_ssl_download_into_torch_hub_cache(tmp_path, monkeypatch, clips):
+def test_ssl_downloads_from_a_file_mirror_into_the_torch_hub_cache(tmp_path, monkeypatch, clips):
     model = _save_tiny("wavlm_base", tmp_path / "mirror" / "wavlm_base.pth")
-    monkeypatch.setattr(ssl_mod, "TORCHAUDIO_MODEL_URL", (tmp_path / "mirror").as_uri() + "/")
-    with pytest.raises(WeightsNotFoundError):
-        build_extractor("wavlm_base", arch=TINY)
-    e = build_extractor("wavlm_base", arch=TINY, download=True)
-    assert torch_hub_checkpoint("wavlm_base.pth").is_file() and "download" not in e.spec.options
+    monkeypatch.setenv("LIGHTNING_EMO_WEIGHTS_URL", (tmp_path / "mirror").as_uri())
+    e = build_extractor("wavlm_base", arch=TINY)
+    assert torch_hub_checkpoint("wavlm_base.pth").is_file() and e.weights_path == torch_hub_checkpoint("wavlm_base.pth")
+    assert not [p for p in torch_hub_checkpoint("x").parent.iterdir() if p.name.startswith(".")]  # no temp files
     with torch.no_grad():
         torch.testing.assert_close(e(clips[1][None])[0][0], _reference_states(model, "WAVLM_BASE", clips[1])[-1],
                                    atol=1e-4, rtol=1e-4)
+    with pytest.raises(TypeError):
+        build_extractor("wavlm_base", arch=TINY, download=True)  # the old option is gone: downloading is the default
+
+
+def _weight_norm_layouts(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """The same weights in both layouts torchaudio loads: parametrizations (today) and weight_g/weight_v (older torch,
+    torchaudio's fairseq converter)."""
+    import copy
+
+    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+    new = model.state_dict()
+    old_model = copy.deepcopy(model)
+    conv = old_model.encoder.transformer.pos_conv_embed.conv
+    torch.nn.utils.parametrize.remove_parametrizations(conv, "weight")
+    torch.nn.utils.weight_norm(conv, name="weight", dim=2)  # what torchaudio's models used before torch's parametrizations
+    old = old_model.state_dict()
+    assert "encoder.transformer.pos_conv_embed.conv.weight_g" in old
+    # torchaudio's fairseq converter maps fairseq's names to the same weight_g/weight_v keys
+    fairseq = _convert_state_dict({"encoder.pos_conv.0.weight_g": old["encoder.transformer.pos_conv_embed.conv.weight_g"],
+                                   "encoder.pos_conv.0.weight_v": old["encoder.transformer.pos_conv_embed.conv.weight_v"]})
+    assert set(fairseq) == {"encoder.transformer.pos_conv_embed.conv.weight_g",
+                            "encoder.transformer.pos_conv_embed.conv.weight_v"}
+    return {"parametrizations": new, "weight_g": old}
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+@pytest.mark.parametrize("name", ["hubert_base", "wavlm_base"])
+def test_ssl_loads_both_weight_norm_layouts(name, tmp_path, clips):
+    torch.manual_seed(0)
+    bundle = ssl_mod.SSL_MODELS[name].bundle
+    model = ssl_mod.build_architecture(bundle, TINY).eval()
+    wave = clips[1][:8000]
+    ref = _reference_states(model, bundle, wave)[-1]
+    for layout, state in _weight_norm_layouts(model).items():
+        # torchaudio's own model class loads this file (torch's weight-norm compat hook) ...
+        check = ssl_mod.build_architecture(bundle, TINY)
+        check.load_state_dict(state, strict=True)
+        path = tmp_path / f"{layout}.pth"
+        torch.save(state, path)
+        # ... and so does the extractor, with the same features
+        e = build_extractor(name, weights=path, arch=TINY)
+        with torch.no_grad():
+            torch.testing.assert_close(e(wave[None])[0][0], ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["wav2vec2_asr_base", "wavlm_base"])
