@@ -155,7 +155,7 @@ def random_weights(extractors: set[str], options: dict[str, str], tmp: Path, mon
         elif name == "facenet_vggface2":
             from facenet_pytorch import InceptionResnetV1
 
-            target = torch_hub_checkpoint("20180402-114759-vggface2.pt")
+            target = Path(os.environ["TORCH_HOME"]) / "checkpoints" / "20180402-114759-vggface2.pt"  # facenet-pytorch's
             target.parent.mkdir(parents=True, exist_ok=True)
             torch.save(InceptionResnetV1(classify=True, num_classes=8631).state_dict(), target)
         elif name == "timm":

@@ -444,7 +444,8 @@ def _split_units(clips: list[Clip], by: str) -> dict[str, tuple[str, str] | None
         return x
 
     for c in clips:
-        nodes = [n for n in (("group", c.group) if c.group else None, ("speaker", c.speaker) if c.speaker else None) if n]
+        nodes = [("group", c.group)] if c.group else []
+        nodes += [("speaker", c.speaker)] if c.speaker else []
         for n in nodes:
             find(n)
         if len(nodes) == 2:

@@ -146,9 +146,11 @@ def prepare(root: str | Path, classes: str = "4", excited: str = "merge", dialog
         notes.append(f"left out {sum(skipped.values())} utterances with labels outside the class set: "
                      + ", ".join(f"{k}: {v}" for k, v in skipped.most_common()))
     if filtered:
-        notes.append(f"left out {filtered} utterances of {'scripted' if dialogs == 'improvised' else 'improvised'} dialogs")
+        other_kind = "scripted" if dialogs == "improvised" else "improvised"
+        notes.append(f"left out {filtered} utterances of {other_kind} dialogs")
     if missing:
-        notes.append(f"left out {missing} labelled utterances whose {'WAV' if media == 'audio' else 'AVI'} file is missing")
+        kind = "WAV" if media == "audio" else "AVI"
+        notes.append(f"left out {missing} labelled utterances whose {kind} file is missing")
     if len(sessions) < len(SESSIONS):
         notes.append(f"sessions found: {', '.join(sessions)} (of Session1..5)")
     if not clips:
