@@ -52,8 +52,8 @@ taken per clip), and frames past a clip's length are zero.
     frames as openSMILE returns LLD rows (its voicing descriptors use 60 ms windows: two fewer
     than there are 25 ms windows), and 0 for a clip openSMILE finds too short. openSMILE is not
     batched: clips go through it one at a time (about 30 ms per 3 s clip). Values openSMILE
-    leaves undefined (NaN) are set to 0. The values are not small (the RASTA and loudness
-    deltas reach 1e5 on loud speech): they do not fit float16.
+    leaves undefined (NaN) are set to 0. The values are not small (spectral variance reaches
+    ~6e6 on speech-like audio, its delta ~1.5e6): they do not fit float16; store them as float32.
 """
 
 from __future__ import annotations
