@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                                  f"(options: {', '.join(k for k in accepted if k != 'root')})")
             if args.classes and "classes" in accepted and not args.label_map:
                 options["classes"] = args.classes
-            manifest = prepare(args.root, **options)
+            try:
+                manifest = prepare(args.root, **options)
+            except ManifestError:
+                raise
+            except ValueError as e:  # an option value the adapter does not know: a usage error
+                parser.error(f"--corpus {args.corpus}: {e}")
         if args.label_map:
             manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
         assigning = args.resplit or any(not c.split for c in manifest.clips)
