@@ -25,7 +25,8 @@ inside that run) and, when stderr is not a terminal, short progress lines:
 Defaults: a CSV logger under ``runs/`` (TensorBoard and wandb loggers: ``configs/logger/``),
 ``seed_everything: 0`` and ``trainer.deterministic: warn`` (same seed, same metrics on CPU for
 a fixed number of threads), the resolved config saved as ``config.yaml`` in the run directory.
-Multi-GPU: ``--trainer.devices N --trainer.strategy ddp``.
+Multi-GPU: ``--trainer.devices N --trainer.strategy ddp``. ``--config`` takes a file or the name of
+a shipped config (``experiment/hubert.yaml``, see :mod:`lightning_emo.configs`) from any folder.
 
 Usage::
 
@@ -100,6 +101,16 @@ class EmotionCLI(LightningCLI):
                 and not any(isinstance(c, ProgressBar) for c in given)):
             callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse with every ``--config`` resolved first: a shipped name (``experiment/hubert.yaml``) works from any folder."""
+        from lightning_emo.configs import resolve_config_args
+
+        if args is None or isinstance(args, (list, tuple)):
+            # args None: the console script's own command line (also what DDP relaunches with)
+            self.config = parser.parse_args(resolve_config_args(list(sys.argv[1:] if args is None else args)))
+        else:
+            super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
