@@ -8,6 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_emo"
 # The bottom layer: anything may import these.
 LOW_LEVEL = {"lightning_emo", "lightning_emo.utils", "lightning_emo.errors", "lightning_emo.specs", "lightning_emo.console",
+             "lightning_emo.configs",
              "lightning_emo.registry"}
 
 
