@@ -29,7 +29,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
-from lightning_emo.data.store import FeatureStore, RunLock, StoreBusyError, cache_key
+from lightning_emo.data.store import FeatureStore, RunLock, cache_key
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec
 from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES, register_extractors: API)
     EXTRACTOR_MODULES,

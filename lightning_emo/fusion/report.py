@@ -275,7 +275,8 @@ class Report:
         files = {"single": "table2_single.csv", "fusion": "table3_fusion.csv", "cascade": "table4_cascade.csv",
                  "cascade_prior": "table5_cascade_prior.csv", "per_class": "per_class_recall.csv"}
         planned = [out / files[key] for key in self.tables()] + [out / "results.csv", out / "results.md"]
-        planned += [out / r.group / r.rule_name / name for r in self.results for name in ("predictions.csv", "rule.json")]
+        planned += [out / r.group / r.rule_name / name for r in self.results
+                    for name in ("predictions.csv", "rule.json")]
         check_outputs(planned + ([out / "confusion_best.png"] if png and self.results else []), overwrite)
         for key, table in self.tables().items():
             atomic_write_text(out / files[key], table.csv())

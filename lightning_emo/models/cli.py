@@ -52,7 +52,14 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_emo.console import is_interactive, quiet_upstream
 from lightning_emo.models.module import EmotionModule
-from lightning_emo.models.resume import SIGTERM_EXIT, EpochCheckpoint, KeepMetrics, Preemption, RngState, resume_in_run_dir
+from lightning_emo.models.resume import (
+    SIGTERM_EXIT,
+    EpochCheckpoint,
+    KeepMetrics,
+    Preemption,
+    RngState,
+    resume_in_run_dir,
+)
 from lightning_emo.models.runs import LogProgressBar, place_loggers
 from lightning_emo.models.writer import PredictionsWriter
 from lightning_emo.utils import disk_full, setup_logging

@@ -205,7 +205,8 @@ class KeepMetrics(Callback):
         # the loops are restored by now: current_epoch is the first epoch this run trains
         for lg in trainer.loggers:
             if isinstance(lg, pl.loggers.CSVLogger) and Path(lg.log_dir).resolve() == self.run_dir.resolve():
-                rows = [r for r in self.rows if r.get("epoch", "") != "" and int(float(r["epoch"])) < trainer.current_epoch]
+                rows = [r for r in self.rows
+                        if r.get("epoch", "") != "" and int(float(r["epoch"])) < trainer.current_epoch]
                 writer = lg.experiment  # opening it deletes the old file: the rows are in memory
                 writer.metrics[:0] = [{k: v for k, v in r.items() if v != ""} for r in rows]
                 if rows:
