@@ -274,3 +274,17 @@ def test_fit_without_anything_to_resume_from_starts_afresh(toy, tmp_path, monkey
     config = _config(toy, tmp_path, max_epochs=1)
     assert main(["fit", "--config", str(config), "--ckpt_path", "last"]) == 0
     assert _epoch_of(tmp_path / "runs" / "toy" / "version_0" / "checkpoints" / "last.ckpt") == 0
+
+
+def test_sigterm_during_fit_exits_143_keeping_the_last_completed_epoch(toy, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))  # helpers.KillAt, named in the config
+    config = _config(toy, tmp_path, max_epochs=4)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["fit", "--config", str(config), "--config", str(_kill_config(tmp_path, 2, "SIGTERM"))]) == SIGTERM_EXIT
+    last = Path("runs/toy/version_0/checkpoints/last.ckpt")
+    assert _epoch_of(last) == 1
+    assert f"fit stopped by SIGTERM during epoch 2; the partial epoch is dropped. {last} holds the last " \
+           f"completed epoch (1). Resume with: lightning-emo fit --config runs/toy/version_0/config.yaml " \
+           f"--ckpt_path {last}" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) == before  # Lightning's handler is gone again

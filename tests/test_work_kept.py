@@ -315,3 +315,26 @@ def test_reproduce_refuses_a_folder_it_did_not_write(tmp_path):
     _claim(tmp_path / "ours", overwrite=False)
     _claim(tmp_path / "theirs", overwrite=True)
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"  # nothing of theirs is deleted
+
+
+def test_extract_in_process_sigterm_returns_143_with_what_was_committed(corpus, tmp_path, monkeypatch, capsys):
+    import threading
+
+    from lightning_emo.extractors.extract import main
+
+    monkeypatch.setenv("LIGHTNING_EMO_EXTRACT_DELAY", "0.5")
+    store = tmp_path / "features" / "mfcc"
+    args = [*EXTRACT[1:], "--manifest", str(corpus), "--out", str(tmp_path / "features"), "--batch-size", "1",
+            "--commit-every", "1"]
+
+    def preempt() -> None:
+        _wait_for(lambda: _committed(store) >= 2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    assert main(args) == 143
+    done = _committed(store)
+    assert 2 <= done < 14 and f"{done} of 14 clips are committed" in capsys.readouterr().err
+    assert RunLock(store).release() is None  # the run lock was released
+    monkeypatch.delenv("LIGHTNING_EMO_EXTRACT_DELAY")
+    assert main(args) == 0 and _committed(store) == 14

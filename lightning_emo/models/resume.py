@@ -53,6 +53,11 @@ class EpochCheckpoint(ModelCheckpoint):
 
     _writing_last = False
 
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key: checkpoints written before this subclass existed resume its state too
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         if self._writing_last:
             super()._save_last_checkpoint(trainer, monitor_candidates)
