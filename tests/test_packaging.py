@@ -79,7 +79,8 @@ def test_the_wheel_carries_the_zoo_and_every_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"lightning_emo/_zoo/synthetic-demo.yaml", "lightning_emo/_zoo/README.md",
             "lightning_emo/_zoo/models/synthetic-demo/model.safetensors",
-            "lightning_emo/_zoo/models/synthetic-demo/config.json", "lightning_emo/_configs/README.md"} <= names
+            "lightning_emo/_zoo/models/synthetic-demo/config.json", "lightning_emo/_configs/README.md",
+            "lightning_emo/extractors/compare_2016_lld_dd.conf"} <= names  # the compare extractor's openSMILE config
     assert len(CONFIGS) > 20
     assert {n for n in names if n.startswith("lightning_emo/_configs/") and n.endswith(".yaml")} == {
         f"lightning_emo/_configs/{c}" for c in CONFIGS}
