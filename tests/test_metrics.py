@@ -63,3 +63,18 @@ def test_paired_tests():
     assert boot["diff"] > 0.3 and boot["ci_low"] > 0 and boot["p_value"] < 0.01
     same = paired_bootstrap([(y, good, good)], n_boot=100)
     assert same["diff"] == 0 and same["p_value"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scores_equal_sklearn_with_missing_predictions_and_absent_classes(seed):
+    from sklearn.metrics import f1_score, recall_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 80)  # classes 4 and 5 never true; 5 sometimes predicted
+    pred = np.where(rng.random(80) < 0.5, y, rng.integers(-1, 6, 80))
+    labels = np.union1d(np.unique(y), np.unique(pred[pred >= 0]))
+    assert score(y, pred, "wa") == pytest.approx(np.mean(y == pred))
+    assert score(y, pred, "ua") == pytest.approx(recall_score(y, pred, labels=np.unique(y), average="macro"))
+    for avg in ("macro", "weighted"):
+        ref = f1_score(y, pred, labels=labels, average=avg, zero_division=0)
+        assert score(y, pred, f"{avg}_f1") == pytest.approx(ref)

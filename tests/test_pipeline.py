@@ -71,3 +71,42 @@ def test_every_protocol_config_parses_and_names_existing_train_configs(config, c
     for fs in [*protocol.audio.values(), *protocol.video.values()]:
         train = yaml.safe_load(resolve_config(fs.train_config or protocol.train_config).read_text())
         assert train["model"]["class_path"].endswith("EmotionModule")
+
+
+def _fold_args(out, *extra):
+    return ["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(out), "--num_workers", "0",
+            "--synth.clips_per_class", "4", "--synth.num_speakers", "6",
+            "--train_args", '["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]',
+            "--audio", '{"mfcc": {"extractor": "mfcc", "train_config": "configs/experiment/synthetic_audio.yaml"}}',
+            "--video", '{"hog": {"extractor": "hog", "detector": "none", "fps": 5, '
+                       '"train_config": "configs/experiment/synthetic_face.yaml"}}',
+            "--rules", '["lr", "prior"]', *extra]
+
+
+def _summary_rows(out):
+    import csv
+
+    with open(out / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
+    out = tmp_path / "folds"
+    assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
+    rows = _summary_rows(out)
+    assert list(rows[0]) == ["method", "metric", "mean", "std", "ci_low", "ci_high", "n"]
+    assert {r["metric"] for r in rows} == {"WA", "UA", "macro-F1", "weighted-F1"}
+    assert {r["method"] for r in rows} >= {"mfcc", "hog", "mfcc+hog / LR", "mfcc+hog / prior"}
+    assert all(r["n"] == "2" and float(r["ci_low"]) <= float(r["mean"]) + 1e-9 for r in rows)
+    md = (out / "summary.md").read_text()
+    assert "Table 2" in md and "Recommended" in md and "Paired test" in md and "McNemar" in md
+    assert (out / "summary_ci.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (out / "folds").iterdir()) == ["fold1-seed0", "fold2-seed0"]
+    # extraction ran once for the whole protocol: each store written once, never per fold
+    (history,) = json.loads((out / "extraction.json").read_text())
+    assert [s["written"] for s in history["stores"]] == [28, 28]
+    # a re-run skips the finished folds and extracts nothing
+    caplog.set_level(logging.INFO, logger="lightning_emo")
+    assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
+    assert caplog.text.count("finished earlier, skipped") == 2
+    assert [s["written"] for s in json.loads((out / "extraction.json").read_text())[1]["stores"]] == [0, 0]

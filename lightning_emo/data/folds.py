@@ -106,12 +106,19 @@ def _speakers(clips: Sequence[Clip], notes: list[str], what: str = "speaker") ->
 
 
 def _stratified_group_split(clips: Sequence[Clip], groups: np.ndarray, n_splits: int, seed: int):
-    """``StratifiedGroupKFold`` over ``clips`` (labels as strata); yields ``(train_idx, test_idx)``."""
+    """``StratifiedGroupKFold`` over ``clips`` (labels as strata); yields ``(train_idx, test_idx)``.
+
+    When a class has fewer clips than ``n_splits`` it cannot be stratified: plain shuffled
+    ``GroupKFold`` then (still no group on two sides).
+    """
     import warnings
 
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     y = np.array([c.label for c in clips])
+    if min(Counter(y.tolist()).values()) < n_splits:
+        yield from GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(clips)), y, groups)
+        return
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # "least populated class has only N members": stratified as far as it goes
         warnings.filterwarnings("ignore", message=r".*least populated class.*", category=UserWarning)

@@ -7,8 +7,12 @@ Conventions (the same everywhere in the package):
 * **WA** (weighted accuracy) is plain accuracy; **UA** (unweighted average recall) is the mean
   of the per-class recalls over the classes present in ``y`` (scikit-learn's
   ``balanced_accuracy_score`` for predictions without ``-1``);
-* **macro-F1** / **weighted-F1** are scikit-learn's ``f1_score`` over the classes present in
+* **macro-F1** / **weighted-F1** equal scikit-learn's ``f1_score`` over the classes present in
   ``y`` or predicted (``-1`` is never a class), ``zero_division=0``.
+
+They are computed from confusion counts in numpy (:func:`confusions`, :func:`from_confusion`),
+vectorised over bootstrap resamples; ``tests/test_metrics.py`` checks them against torchmetrics
+and scikit-learn.
 
 Confidence intervals are percentile bootstraps (95 % by default): over clips for one run
 (:func:`bootstrap_clips`, resampling the test clips of each run and averaging over runs), or
@@ -19,7 +23,7 @@ difference (:func:`paired_bootstrap`) and McNemar's exact test (:func:`mcnemar`)
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -28,27 +32,58 @@ TITLES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "weighted_f1": "weight
 N_BOOT = 2000
 
 
-def _labels(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    return np.union1d(np.unique(y), np.unique(pred[pred >= 0]))
+def confusions(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion counts ``(..., C + 1, C + 1)`` (rows: true class; the last column: no prediction).
+
+    ``y`` and ``pred`` are ``(N,)`` or ``(B, N)`` (B resamples at once, for the bootstrap).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    K = n_classes + 1
+    p = np.where(pred < 0, n_classes, pred)
+    flat = y * K + p
+    if flat.ndim == 1:
+        return np.bincount(flat, minlength=K * K).reshape(K, K)
+    B = flat.shape[0]
+    offsets = (np.arange(B) * K * K)[:, None]
+    return np.bincount((flat + offsets).ravel(), minlength=B * K * K).reshape(B, K, K)
 
 
-def score(y: np.ndarray, pred: np.ndarray, metric: str) -> float:
+def from_confusion(cm: np.ndarray, metric: str) -> np.ndarray:
+    """A metric from :func:`confusions` counts (any leading shape); see the module docstring for the definitions."""
+    C = cm.shape[-1] - 1
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)[..., :C].astype(np.float64)
+    support = cm.sum(axis=-1)[..., :C].astype(np.float64)  # true clips per class
+    predicted = cm.sum(axis=-2)[..., :C].astype(np.float64)  # predictions per class
+    n = cm.sum(axis=(-2, -1)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "wa":
+            return tp.sum(axis=-1) / n
+        if metric == "ua":
+            present = support > 0
+            recall = np.where(present, tp / np.where(present, support, 1), 0.0)
+            return recall.sum(axis=-1) / present.sum(axis=-1)
+        if metric in ("macro_f1", "weighted_f1"):
+            den = support + predicted
+            f1 = np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+            if metric == "macro_f1":
+                return f1.sum(axis=-1) / (den > 0).sum(axis=-1)
+            return (f1 * support).sum(axis=-1) / support.sum(axis=-1)
+    raise KeyError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+
+
+def score(y: np.ndarray, pred: np.ndarray, metric: str, n_classes: int | None = None) -> float:
     """One metric (``wa``, ``ua``, ``macro_f1``, ``weighted_f1``) of predictions ``(N,)`` against labels ``(N,)``."""
-    from sklearn.metrics import f1_score, recall_score
-
     y = np.asarray(y, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
     if y.shape != pred.shape or y.ndim != 1:
         raise ValueError(f"y {y.shape} and pred {pred.shape} must be two arrays of one length")
+    if metric not in METRICS:
+        raise KeyError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     if len(y) == 0:
         return float("nan")
-    if metric == "wa":
-        return float(np.mean(y == pred))
-    if metric == "ua":
-        return float(recall_score(y, pred, labels=np.unique(y), average="macro", zero_division=0))
-    if metric in ("macro_f1", "weighted_f1"):
-        return float(f1_score(y, pred, labels=_labels(y, pred), average=metric.split("_")[0], zero_division=0))
-    raise KeyError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    C = n_classes or int(max(y.max(), pred.max())) + 1
+    return float(from_confusion(confusions(y, pred, C), metric))
 
 
 def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -76,6 +111,18 @@ def bootstrap_runs(values: Sequence[float], level: float = 0.95, n_boot: int = N
     return _percentile_ci(v[idx].mean(axis=1), level)
 
 
+def _resampled(runs, metric: str, n_boot: int, rng: np.random.Generator, fn=None) -> np.ndarray:
+    """``(n_boot,)`` run-averaged metric over clip resamples (each run resampled within itself)."""
+    total = np.zeros(n_boot)
+    for run in runs:
+        y = np.asarray(run[0], dtype=np.int64)
+        C = int(max(int(np.max(y)), *(int(np.max(p)) for p in run[1:]))) + 1
+        idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+        vals = [from_confusion(confusions(y[idx], np.asarray(p)[idx], C), metric) for p in run[1:]]
+        total += vals[0] if len(vals) == 1 else vals[0] - vals[1]
+    return total / len(runs)
+
+
 def bootstrap_clips(runs: Sequence[tuple[np.ndarray, np.ndarray]], metric: str, level: float = 0.95,
                     n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
     """Percentile CI of the run-averaged ``metric``, resampling each run's test clips with replacement.
@@ -83,15 +130,9 @@ def bootstrap_clips(runs: Sequence[tuple[np.ndarray, np.ndarray]], metric: str, 
     Args:
         runs: ``(y, pred)`` per run (each ``(N_r,)``); one run = the single-split case.
     """
-    rng = np.random.default_rng(seed)
-    draws = np.empty(n_boot)
-    for b in range(n_boot):
-        vals = []
-        for y, pred in runs:
-            i = rng.integers(0, len(y), size=len(y))
-            vals.append(score(y[i], pred[i], metric))
-        draws[b] = np.mean(vals)
-    return _percentile_ci(draws, level)
+    if not runs:
+        return float("nan"), float("nan")
+    return _percentile_ci(_resampled(runs, metric, n_boot, np.random.default_rng(seed)), level)
 
 
 def paired_bootstrap(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str = "wa",
@@ -107,14 +148,7 @@ def paired_bootstrap(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
         (capped at 1).
     """
     observed = float(np.mean([score(y, a, metric) - score(y, b, metric) for y, a, b in runs]))
-    rng = np.random.default_rng(seed)
-    draws = np.empty(n_boot)
-    for k in range(n_boot):
-        vals = []
-        for y, a, b in runs:
-            i = rng.integers(0, len(y), size=len(y))
-            vals.append(score(y[i], a[i], metric) - score(y[i], b[i], metric))
-        draws[k] = np.mean(vals)
+    draws = _resampled(runs, metric, n_boot, np.random.default_rng(seed))
     lo, hi = _percentile_ci(draws, 0.95)
     p = min(1.0, 2 * min(float(np.mean(draws <= 0)), float(np.mean(draws >= 0))))
     return {"diff": observed, "ci_low": lo, "ci_high": hi, "p_value": p}
@@ -143,4 +177,3 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-MetricFn = Callable[[np.ndarray, np.ndarray], float]
