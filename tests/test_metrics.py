@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
-from lightning_emo.evaluation.metrics import (bootstrap_clips, bootstrap_runs, mcnemar, mean_std, paired_bootstrap,
+from lightning_emo.fusion.metrics import (bootstrap_clips, bootstrap_runs, mcnemar, mean_std, paired_bootstrap,
                                               score, scores)
 
 

@@ -110,3 +110,41 @@ def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
     assert caplog.text.count("finished earlier, skipped") == 2
     assert [s["written"] for s in json.loads((out / "extraction.json").read_text())[1]["stores"]] == [0, 0]
+
+
+@pytest.mark.slow
+def test_reproduce_three_seeds_resumes_after_a_real_kill(tmp_path, caplog):
+    """kfold x 3 seeds in a subprocess, SIGKILLed once a run has finished; the re-run skips the finished runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "killed"
+    args = _fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2", "--seeds", "[0, 1, 2]")
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd()) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_emo.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not list((out / "folds").glob("*/DONE")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the protocol ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = {p.parent.name for p in (out / "folds").glob("*/DONE")}
+    assert finished and len(finished) < 6 and not (out / "summary.csv").exists()
+    caplog.set_level(logging.INFO, logger="lightning_emo")
+    assert main(args) == 0
+    assert caplog.text.count("finished earlier, skipped") == len(finished)
+    assert len(list((out / "folds").glob("*/DONE"))) == 6
+    assert all(r["n"] == "6" for r in _summary_rows(out))
+    assert (out / "summary_ci.png").is_file() and "Recommended" in (out / "summary.md").read_text()
+    history = json.loads((out / "extraction.json").read_text())
+    assert [s["written"] for s in history[0]["stores"]] == [28, 28]  # the killed run extracted everything once
+    assert all(s["written"] == 0 for h in history[1:] for s in h["stores"])

@@ -1,1 +1,1 @@
-"""Evaluation protocol: scores and confidence intervals, folds x seeds runs and their aggregate report."""
+"""Evaluation protocol: folds x seeds runs and their aggregate report (scores: :mod:`lightning_emo.fusion.metrics`)."""

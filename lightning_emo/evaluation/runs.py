@@ -89,7 +89,7 @@ def predict_with(checkpoint: str, manifest: Path, store: Path, output: Path) -> 
     """Posteriors of a trained head (its best checkpoint) over every clip of ``manifest`` into ``output``."""
     import pytorch_lightning as pl
 
-    from lightning_emo.data.features import FeatureDataModule
+    from lightning_emo.data.datamodule import FeatureDataModule
     from lightning_emo.models.module import EmotionModule
     from lightning_emo.models.writer import PredictionsWriter
 
@@ -178,7 +178,7 @@ def run_fold(
 def _selected_stores(out: Path, fold: Fold, fold_path: Path, sets, stores: dict[str, Path], single: bool,
                      store_name) -> dict[str, Path]:
     """Per-fold random-forest selection: the selector is fitted on the fold's training clips only."""
-    from lightning_emo.data.features import select_features
+    from lightning_emo.extractors.selection import select_features
 
     result = dict(stores)
     for name, _, fs in sets:
@@ -232,7 +232,8 @@ def apply_selection(selected: Path, parent: Path, out: Path) -> Path:
     """Write ``out``: the test corpus' ``parent`` store reduced to the columns the fold's ``selected`` store kept."""
     import shutil
 
-    from lightning_emo.data.features import FeatureStore
+    from lightning_emo.data.store import FeatureStore
+    from lightning_emo.extractors.selection import FeatureSelector
 
     src = FeatureStore.open(selected)
     par = FeatureStore.open(parent)
@@ -244,9 +245,10 @@ def apply_selection(selected: Path, parent: Path, out: Path) -> Path:
         except Exception:  # stale or partial: rebuilt below
             pass
         shutil.rmtree(out)
-    selector = src.load_selector()
+    selector = FeatureSelector.from_store(src)
     derived = FeatureStore.create(out, par.spec, key, dtype=str(par.dtype), dim=src.dim,
                                   extra_meta={"selection": {**(src.selection or {}), "parent": str(parent.resolve())}})
+    shutil.copy(src.selector_path, derived.selector_path)  # the same selector travels with the derived store
     with derived.writer(rank=0, commit_every=64) as w:
         for cid, reason in par.missing.items():
             w.add_missing(cid, reason)

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from lightning_emo.evaluation.metrics import (METRICS, TITLES, bootstrap_clips, bootstrap_runs, mcnemar, mean_std,
+from lightning_emo.fusion.metrics import (METRICS, TITLES, bootstrap_clips, bootstrap_runs, mcnemar, mean_std,
                                               paired_bootstrap)
 from lightning_emo.utils import atomic_path, atomic_write_text
 

@@ -11,7 +11,7 @@ Conventions:
 * accuracy counts a clip no model saw (no prediction) as an error, over all labelled test clips;
   per-class accuracy is the recall of each class (sklearn ``recall_score(average=None)``);
 * WA (accuracy), UA (unweighted average recall), macro- and weighted-F1 are computed by
-  :mod:`lightning_emo.evaluation.metrics` for every model and method, on val and on test;
+  :mod:`lightning_emo.fusion.metrics` for every model and method, on val and on test;
 * the recommended method (:attr:`Report.best`) is the one with the highest VALIDATION score
   (``select_metric``, WA by default), and its test scores are reported; picking by test score
   would select on the test set. In the paper's mode the fusion rules are fitted on the same
@@ -42,7 +42,7 @@ import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, recall_score
 
 from lightning_emo.data.predictions import Predictions, PredictionsError, check_compatible, read_predictions
-from lightning_emo.evaluation.metrics import METRICS, TITLES, mcnemar, paired_bootstrap, scores
+from lightning_emo.fusion.metrics import METRICS, TITLES, mcnemar, paired_bootstrap, scores
 from lightning_emo.fusion.rules import RULES, FusionRule, cross_fit_proba, make_rule
 from lightning_emo.utils import atomic_path, atomic_write_text
 
