@@ -45,10 +45,15 @@ import torch
 from lightning_emo.utils import log
 
 if TYPE_CHECKING:
-    from lightning_emo.extractors.base import WeightsSource
+    from lightning_emo.specs import WeightsSource
 
-__all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "WeightsDownloadError", "cache_path", "describe_source", "download",
-           "fetch", "hub_failure", "hub_file", "is_cached", "is_offline", "set_offline", "source_url", "upstream_url"]
+__all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "WeightsDownloadError", "WeightsNotFoundError", "cache_path",
+           "describe_source", "download", "fetch", "hub_failure", "hub_file", "is_cached", "is_offline",
+           "set_offline", "source_url", "upstream_url"]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights are not on this machine; the message says where to put them."""
 
 TORCHAUDIO_URL = "https://download.pytorch.org/torchaudio/models/"  # torchaudio.pipelines._wav2vec2.utils
 FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"  # facenet-pytorch load_weights
@@ -134,8 +139,6 @@ def describe_source(source: "WeightsSource") -> str:
 
 def fetch(source: "WeightsSource") -> Path:
     """The cached file of a ``torchaudio``/``facenet`` source, downloaded first when missing and allowed."""
-    from lightning_emo.extractors.base import WeightsNotFoundError
-
     dst = cache_path(source)
     if dst.is_file():
         return dst
@@ -159,8 +162,6 @@ def hub_file(source: "WeightsSource", cache_dir: str | os.PathLike | None = None
     """
     from huggingface_hub import constants, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    from lightning_emo.extractors.base import WeightsNotFoundError
 
     local_files_only = local_files_only or is_offline()
     rev = source.revision or "main"
