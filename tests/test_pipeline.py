@@ -105,6 +105,21 @@ def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
     # extraction ran once for the whole protocol: each store written once, never per fold
     (history,) = json.loads((out / "extraction.json").read_text())
     assert [s["written"] for s in history["stores"]] == [28, 28]
+    # the prior rule took each head's micro-F1 from its checkpoint: the same as recomputing it from predictions
+    from lightning_emo.fusion.rules import micro_f1_scores
+
+    run = out / "folds" / "fold1-seed0"
+    state = json.loads((run / "fusion" / "mfcc+hog" / "prior" / "rule.json").read_text())["state"]
+    val = {n: read_predictions(run / "runs" / n / "predictions.csv").split("val") for n in ("hog", "mfcc")}
+    refit = micro_f1_scores([val["hog"].probs, val["mfcc"].probs], val["hog"].y)
+    assert state["params"]["micro_f1"] == pytest.approx(refit.tolist(), abs=1e-6)
+    ckpt = {n: json.loads((run / "runs" / n / "result.json").read_text())["checkpoint"] for n in ("hog", "mfcc")}
+    assert main(["fuse", "--audio", f"mfcc={run / 'runs' / 'mfcc' / 'predictions.csv'}",
+                 "--video", f"hog={run / 'runs' / 'hog' / 'predictions.csv'}", "--checkpoint", f"mfcc={ckpt['mfcc']}",
+                 "--checkpoint", f"hog={ckpt['hog']}", "--rules", "prior", "--out", str(tmp_path / "fused"),
+                 "--no-png", "--quiet"]) == 0
+    fused = json.loads((tmp_path / "fused" / "mfcc+hog" / "prior" / "rule.json").read_text())["state"]
+    assert fused["params"]["micro_f1"] == state["params"]["micro_f1"]
     # a re-run skips the finished folds and extracts nothing
     caplog.set_level(logging.INFO, logger="lightning_emo")
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
