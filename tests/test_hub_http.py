@@ -191,6 +191,20 @@ def test_offline_and_not_cached_says_so(tiny, hub, tmp_path, capsys):
     assert "Traceback" not in err and hub.requests == []
 
 
+def test_pulling_with_a_wrong_token_never_shows_it(tiny, tmp_path, monkeypatch, capsys, caplog):
+    leaky = HubServer(token="hf_theRealOne", echo_headers=True).start()
+    try:
+        use_endpoint(monkeypatch, leaky.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        leaky.add_commit("org/private", tree_from_folder(tiny["export"], HUB_FILES), private=True)
+        rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/private", "--cache-dir", tmp_path / "c"],
+                            capsys)
+    finally:
+        leaky.stop()
+    assert rc == 1 and "no such model repository" in err and "hf auth login" in err
+    assert f"Bearer {TOKEN}" in leaky.authorizations and TOKEN not in out + err + caplog.text
+
+
 @pytest.mark.slow
 def test_a_refused_connection_is_reported_as_refused(tiny, hub, tmp_path, capsys):
     """Not as "offline / not in cache" (huggingface_hub retries a refused lookup 5 times: ~25 s)."""

@@ -57,9 +57,13 @@ def mirror(monkeypatch):
     server.stop()
 
 
-def test_download_once_into_torchaudios_cache_then_reuse_without_the_server(mirror, hubert_tiny):
+def test_download_once_into_torchaudios_cache_then_reuse_without_the_server(mirror, hubert_tiny, caplog):
     mirror.files[HUBERT_FILE] = hubert_tiny
-    e = build_extractor("hubert_base", arch=TINY)
+    with caplog.at_level("INFO", logger="lightning_emo"):
+        e = build_extractor("hubert_base", arch=TINY)
+    # not a terminal: short log lines (size first, then where it went)
+    assert f"download {HUBERT_FILE}: {len(hubert_tiny) / 1e6:.1f} MB" in caplog.text
+    assert f"downloaded {mirror.url}/weights/{HUBERT_FILE}" in caplog.text
     cached = torch_hub_checkpoint(HUBERT_FILE)
     assert e.weights_path == cached and cached.read_bytes() == hubert_tiny
     assert mirror.requests == [("GET", f"/weights/{HUBERT_FILE}")]
