@@ -31,6 +31,12 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
         assert set(preds.splits) == {"train", "val", "test"} and len(preds.clip_ids) == 28
     # 2 x 2 feature pairs in Table 3, as in the paper
     assert len((fusion / "table3_fusion.csv").read_text().strip().splitlines()) == 1 + 4
+    # a single split gets the same summary, its CI a bootstrap over the test clips
+    rows = _summary_rows(out)
+    assert rows and all(r["n"] == "1" for r in rows)
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows if r["metric"] == "WA")
+    assert "bootstrap over test clips" in (out / "summary.md").read_text()
+    assert "Recommended (highest validation WA)" in printed
 
     # a re-run reuses stores and trained heads instead of recomputing them
     caplog.set_level(logging.INFO, logger="lightning_emo")
