@@ -393,8 +393,8 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
 
     def _build_extractor(self, m: str):
         """Rebuild modality ``m``'s frozen extractor from its spec (embedded weights materialised privately)."""
-        from lightning_emo.extractors.base import ExtractorSpec, WeightsNotFoundError
-        from lightning_emo.extractors.base import EXTRACTORS
+        from lightning_emo.extractors.base import EXTRACTORS, ExtractorSpec, WeightsNotFoundError
+        from lightning_emo.extractors.weights import WeightsDownloadError
         from lightning_emo.extractors.runner import build_for_extraction, register_extractors
 
         register_extractors()
@@ -424,7 +424,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
                     extractor = build_for_extraction(spec.name, options, weights=path, fps=fps)
             else:
                 extractor = build_for_extraction(spec.name, options, fps=fps)
-        except WeightsNotFoundError as e:
+        except (WeightsNotFoundError, WeightsDownloadError) as e:
             raise RecognizerError(f"modality {m!r}: the weights of extractor {spec.name!r} are not available: "
                                   f"{e}") from None
         built = extractor.spec
@@ -721,15 +721,23 @@ def _download(repo_id: str, revision: str | None, cache_dir, force_download: boo
         RevisionNotFoundError,
     )
 
+    import httpx2
+
     from lightning_emo.extractors.face import snapshot_revision
+    from lightning_emo.extractors.weights import hub_failure, hub_timeout
 
     where = f"{repo_id}@{revision or 'main'}"
     kwargs = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only, token=token)
     try:
-        config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kwargs))
-        commit = snapshot_revision(config_file)
-        weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **kwargs))
-    except LocalEntryNotFoundError:
+        with hub_timeout():  # a silent Hub ends in an error, not a wait of minutes
+            config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kwargs))
+            commit = snapshot_revision(config_file)
+            weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **kwargs))
+    except LocalEntryNotFoundError as e:
+        failure = None if local_files_only else hub_failure(e)
+        if failure is not None:  # the Hub could not be reached: say so, not "offline"
+            raise RecognizerError(f"{where}: cannot download {CONFIG_NAME}/{WEIGHTS_NAME}: {failure}; they are not in "
+                                  f"the Hugging Face cache either. Run again when the Hub answers.") from None
         raise RecognizerError(
             f"{where}: {CONFIG_NAME}/{WEIGHTS_NAME} are not in the Hugging Face cache"
             f"{' (' + str(cache_dir) + ')' if cache_dir else ''} and cannot be downloaded (offline, or "
@@ -743,8 +751,8 @@ def _download(repo_id: str, revision: str | None, cache_dir, force_download: boo
     except EntryNotFoundError as e:
         raise RecognizerError(f"{where}: not an exported lightning-emo recognizer ({e.__class__.__name__}: a file "
                               f"of {CONFIG_NAME}, {WEIGHTS_NAME} is missing)") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise RecognizerError(f"{where}: download failed ({type(e).__name__})") from None
+    except (HfHubHTTPError, OSError, httpx2.HTTPError) as e:
+        raise RecognizerError(f"{where}: download failed ({hub_failure(e) or type(e).__name__})") from None
     log.debug("loaded %s from %s", repo_id, config_file.parent)
     return config_file, weights_file, commit
 
