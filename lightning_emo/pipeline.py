@@ -160,6 +160,12 @@ def run_protocol(p: Protocol) -> Any:
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {p.seeds}")
     if p.priors not in ("checkpoint", "refit"):
         raise ValueError(f"priors must be 'checkpoint' or 'refit', got {p.priors!r}")
+    from lightning_emo.fusion.metrics import METRICS
+
+    if p.select_metric not in METRICS:  # checked before any work, not after hours of extraction
+        raise ValueError(f"select_metric must be one of {', '.join(METRICS)}, got {p.select_metric!r}")
+    if p.crossfit == 1 or p.crossfit < 0:
+        raise ValueError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {p.crossfit}")
     out = Path(p.out)
     _claim(out, p.overwrite)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
