@@ -129,6 +129,10 @@ def run_protocol(p: Protocol) -> Any:
         raise ValueError(f"{manifest_path}: every clip needs a split; run `lightning-emo prepare` to assign "
                          "speaker-independent splits")
     log.info(manifest.summary())
+    from lightning_emo.data.checks import check_splits
+
+    # before extracting anything: training, LR fusion and scoring must all be possible on these splits
+    check_splits(manifest.clips, manifest.classes, "reproduce", manifest_path)
     timings["corpus"] = time.perf_counter() - t
 
     t = _stage("extract " + ", ".join(f"{name}={fs.extractor}" for name, _, fs in sets), 2, total)

@@ -289,3 +289,167 @@ def test_fuse_matches_prediction_columns_by_name(tmp_path):
     other = write_predictions(tmp_path / "o.csv", ids, splits, [""] * n, pv, ["angry", "happy", "neutral", "calm"])
     with pytest.raises(ValueError, match=r"only in .*o\.csv: calm"):
         fuse_report({"a": a, "v": other}, **kw)
+
+
+def _rewrite_splits(src: Path, dst: Path, change) -> Path:
+    """A copy of a manifest (same root) whose rows pass through ``change(fields) -> fields | None``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    lines = src.read_text().splitlines()
+    rows = [lines[0]] + [",".join(f) for f in (change(line.split(",")) for line in lines[1:]) if f]
+    (dst / "manifest.csv").write_text("\n".join(rows) + "\n")
+    meta = json.loads(src.with_suffix(".json").read_text())
+    meta["root"] = str(src.parent)
+    (dst / "manifest.json").write_text(json.dumps(meta))
+    return dst / "manifest.csv"
+
+
+@pytest.mark.parametrize("change,text", [
+    (lambda f: None if f[3] == "val" else f, "no clips in split 'val'"),
+    (lambda f: None if f[2] == "fear" and f[3] == "train" else f, "'fear' have no training clips"),
+    (lambda f: f[:3] + ["test"] + f[4:] if f[3] == "train" else f, "no clips in split 'train'"),
+])
+def test_fit_refuses_corpora_that_cannot_train_before_any_work(tmp_path, change, text):
+    from lightning_emo.cli import main
+
+    make_toy_corpus(tmp_path, dims=(("audio", 6),))
+    bad = _rewrite_splits(tmp_path / "manifest.csv", tmp_path / "bad", change)
+    with pytest.raises(CorpusError, match=text):
+        main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(bad), "--data.init_args.features",
+              str(tmp_path / "audio"), "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "bad",
+              *QUIET])
+    assert not list(Path("runs").rglob("*.ckpt"))
+
+
+def test_fuse_refuses_lr_on_one_class_validation_and_warns_for_the_prior(tmp_path, caplog):
+    from lightning_emo.data.predictions import write_predictions
+    from lightning_emo.fusion.report import fuse_report
+
+    ids = [f"c{i}" for i in range(8)]
+    splits = ["val"] * 4 + ["test"] * 4
+    labels = ["a"] * 4 + ["a", "b", "a", "b"]
+    p = np.tile([[0.7, 0.3]], (8, 1))
+    a = write_predictions(tmp_path / "a.csv", ids, splits, labels, p, ["a", "b"])
+    v = write_predictions(tmp_path / "v.csv", ids, splits, labels, p[:, ::-1], ["a", "b"])
+    with pytest.raises(CorpusError, match="at least two classes"):
+        fuse_report({"a": a, "v": v}, modalities={"a": "audio", "v": "video"}, rules=["lr"])
+    fuse_report({"a": a, "v": v}, modalities={"a": "audio", "v": "video"}, rules=["prior"])
+    assert "only 1 class" in caplog.text
+
+
+# --------------------------------------------------------------------- NaN losses
+
+
+def _nan_run(tmp_path, dm, **model_kw):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from lightning_emo.models.module import EmotionModule
+
+    model = EmotionModule(input_dim=dm.input_dim, classes=dm.classes, modality=dm.modality,
+                          extractor_spec=dm.extractor_spec, head="mean_mlp", **model_kw)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, max_epochs=4, callbacks=[ckpt],
+                         default_root_dir=str(tmp_path))
+    return model, trainer
+
+
+def test_diverging_loss_stops_training_with_a_clear_error_and_no_checkpoint(tmp_path):
+    from lightning_emo.data.datamodule import FeatureDataModule
+    from lightning_emo.models.module import NonFiniteError
+
+    make_toy_corpus(tmp_path, dims=(("audio", 6),))
+    dm = FeatureDataModule(str(tmp_path / "manifest.csv"), str(tmp_path / "audio"), batch_size=8)
+    model, trainer = _nan_run(tmp_path, dm, optimizer="sgd", lr=1e36, input_norm=False)
+    with pytest.raises(NonFiniteError, match=r"training loss is (nan|inf).*training diverged: lower") as e:
+        trainer.fit(model, datamodule=dm)
+    assert "manifest.csv" in str(e.value) and "Nothing of this epoch was saved" in str(e.value)
+    saved = list((tmp_path / "ckpt").glob("*.ckpt")) if (tmp_path / "ckpt").exists() else []
+    import torch
+
+    for f in saved:  # an epoch completed before the divergence may be saved, never a non-finite model
+        state = torch.load(f, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), f
+
+
+def test_nan_features_stop_training_naming_the_clip(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lightning_emo.models.module import EmotionModule, NonFiniteError
+
+    x = torch.randn(6, 5, 3)
+    x[4, 2, 1] = float("nan")
+    batch = {"clip_id": [f"clip{i}" for i in range(6)], "split": ["train"] * 6, "label": torch.tensor([0, 1] * 3),
+             "x": x, "lengths": torch.full((6,), 5), "mask": torch.ones(6, 5, dtype=torch.bool)}
+    model = EmotionModule(input_dim=3, classes=["a", "b"], head="mean_mlp", input_norm=False)
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         max_epochs=1, default_root_dir=str(tmp_path))
+    with pytest.raises(NonFiniteError, match=r"clip 'clip4'.*input features of 1 clip\(s\) are not finite \(clip4\)"):
+        trainer.fit(model, DataLoader([batch], batch_size=None))
+    assert not list(tmp_path.rglob("*.ckpt"))
+    with pytest.raises(NonFiniteError, match="posteriors"):
+        trainer.predict(model, DataLoader([batch], batch_size=None))
+
+
+# ---------------------------------------------------------------- DDP: each clip once
+
+
+@pytest.mark.parametrize("n,world", [(7, 2), (7, 3), (1, 2), (2, 4), (8, 2)])
+def test_eval_sampler_gives_each_clip_to_exactly_one_rank(n, world):
+    from lightning_emo.data.samplers import EvalDistributedSampler, padding_item
+
+    class Items(list):
+        def __getitem__(self, i):
+            return padding_item(self, i) or {"clip_id": f"c{list.__getitem__(self, i)}", "label": 1}
+
+    data = Items(range(n))
+    seen = []
+    for rank in range(world):
+        indices = list(EvalDistributedSampler(data, num_replicas=world, rank=rank))
+        assert indices, "every rank runs at least one batch"
+        items = [data[i] for i in indices]
+        seen += [it["clip_id"] for it in items if it["label"] >= 0]
+    assert sorted(seen) == sorted(f"c{i}" for i in range(n))
+
+
+@pytest.mark.slow  # two DDP launches (~40 s on 2 busy cores); the sampler test above is the fast variant
+def test_ddp_validate_and_test_count_each_clip_once(tmp_path):
+    """7 validation clips on 2 processes: val/acc is k/7 and equals one process's (the padded sampler gave k/8)."""
+    import csv
+    import os
+    import subprocess
+
+    from lightning_emo.cli import main
+
+    make_toy_corpus(tmp_path, dims=(("audio", 6),))
+    data = ["--data.init_args.manifest", str(tmp_path / "manifest.csv"), "--data.init_args.features",
+            str(tmp_path / "audio"), "--data.init_args.batch_size", "3"]
+    fit(["--config", str(AUDIO), *data, "--model.init_args.head_options", "{}", "--trainer.max_epochs", "1",
+         "--trainer.logger.init_args.name", "one", *QUIET])
+    run = sorted(Path("runs/one").glob("version_*"))[-1]
+    best = str(next((run / "checkpoints").glob("best-*.ckpt")))
+
+    def metrics(name):
+        path = sorted(Path("runs", name).glob("version_*"))[-1] / "metrics.csv"
+        rows = list(csv.DictReader(open(path)))
+        return {k: float(v) for r in rows for k, v in r.items() if v and k.endswith("/acc")}
+
+    for stage in ("validate", "test"):
+        assert main([stage, "--config", str(run / "config.yaml"), "--ckpt_path", best, *data, *QUIET,
+                     "--trainer.logger.init_args.name", f"{stage}1"]) == 0
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    script = tmp_path / "eval_twice.py"  # DDP relaunches this file on the second rank: one launch, two stages
+    script.write_text("import sys\nfrom lightning_emo.cli import main\n"
+                      "for s in ('validate', 'test'):\n"
+                      "    main([s, *sys.argv[1:], '--trainer.logger.init_args.name', s + '2'])\n")
+    proc = subprocess.run([sys.executable, str(script), "--config", str(run / "config.yaml"), "--ckpt_path", best,
+                           *data, *QUIET, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+                          cwd=Path.cwd(), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage, key in (("validate", "val/acc"), ("test", "test/acc")):
+        one, two = metrics(f"{stage}1")[key], metrics(f"{stage}2")[key]
+        assert two == pytest.approx(one, abs=1e-6), (stage, one, two)
+        assert round(two * 7, 4) == round(two * 7), f"{key} = {two} is not k/7"
