@@ -86,7 +86,8 @@ def prepare(root: str | Path, splits: str = "train,dev,test") -> Manifest:
         csv_name, folder_name, split = SPLITS[name]
         csv_path = _find(root, csv_name, folder=False)
         if csv_path is None:
-            raise ManifestError(root, f"MELD label file {csv_name} not found (expected it in {root} or one folder below)")
+            raise ManifestError(root, f"MELD label file {csv_name} not found (expected it in {root} or one "
+                                "folder below)")
         folder = _find(root, folder_name, folder=True)
         if folder is None:
             raise ManifestError(root, f"MELD video folder {folder_name}/ not found (expected it in {root} or one "
@@ -112,7 +113,7 @@ def prepare(root: str | Path, splits: str = "train,dev,test") -> Manifest:
                 continue
             clips.append(Clip(f"{name}_dia{dia}_utt{utt}", video.relative_to(root).as_posix(), label, split,
                               r["Speaker"], group=f"{name}_dia{dia}"))
-    notes = [f"MELD's own splits: " + ", ".join(f"{s} -> {SPLITS[s][2]}" for s in wanted)
+    notes = ["MELD's own splits: " + ", ".join(f"{s} -> {SPLITS[s][2]}" for s in wanted)
              + " (not speaker-independent: the main characters speak in every split)"]
     if any(missing.values()):
         notes.append("left out annotated utterances without a video file: "
