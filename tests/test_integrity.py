@@ -431,25 +431,23 @@ def test_ddp_validate_and_test_count_each_clip_once(tmp_path):
     run = sorted(Path("runs/one").glob("version_*"))[-1]
     best = str(next((run / "checkpoints").glob("best-*.ckpt")))
 
-    def metrics(name):
-        path = sorted(Path("runs", name).glob("version_*"))[-1] / "metrics.csv"
-        rows = list(csv.DictReader(open(path)))
+    def metrics(folder):  # evaluation from a run's checkpoint logs into RUN/<stage>[-n]/
+        rows = list(csv.DictReader(open(run / folder / "metrics.csv")))
         return {k: float(v) for r in rows for k, v in r.items() if v and k.endswith("/acc")}
 
     for stage in ("validate", "test"):
-        assert main([stage, "--config", str(run / "config.yaml"), "--ckpt_path", best, *data, *QUIET,
-                     "--trainer.logger.init_args.name", f"{stage}1"]) == 0
+        assert main([stage, "--config", str(run / "config.yaml"), "--ckpt_path", best, *data, *QUIET]) == 0
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     script = tmp_path / "eval_twice.py"  # DDP relaunches this file on the second rank: one launch, two stages
     script.write_text("import sys\nfrom lightning_emo.cli import main\n"
                       "for s in ('validate', 'test'):\n"
-                      "    main([s, *sys.argv[1:], '--trainer.logger.init_args.name', s + '2'])\n")
+                      "    main([s, *sys.argv[1:]])\n")
     proc = subprocess.run([sys.executable, str(script), "--config", str(run / "config.yaml"), "--ckpt_path", best,
                            *data, *QUIET, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
                           cwd=Path.cwd(), env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage, key in (("validate", "val/acc"), ("test", "test/acc")):
-        one, two = metrics(f"{stage}1")[key], metrics(f"{stage}2")[key]
+        one, two = metrics(stage)[key], metrics(f"{stage}-1")[key]
         assert two == pytest.approx(one, abs=1e-6), (stage, one, two)
         assert round(two * 7, 4) == round(two * 7), f"{key} = {two} is not k/7"
 
