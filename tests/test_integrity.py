@@ -621,3 +621,122 @@ def test_export_matches_checkpoint_classes_by_name(tmp_path):
     renamed = train_head_checkpoint(tmp_path / "x.ckpt", hog.to_dict(), ["sad", "angry", "neutral", "calm"], steps=1)
     with pytest.raises(RecognizerError, match=r"only in .*x\.ckpt: calm"):
         Recognizer.from_checkpoints({"audio": audio, "video": renamed}, features={"video": store})
+
+
+# ------------------------------------------------------------------ feature stores
+
+
+def _small_store(tmp_path, dim=6, clips=4, frames=5):
+    from lightning_emo.data.store import FeatureStore, cache_key
+    from lightning_emo.specs import ExtractorSpec
+
+    spec = ExtractorSpec("toy", "audio", dim, sample_rate=16000, frame_rate=10.0)
+    store = FeatureStore.create(tmp_path / "store", spec, cache_key(spec))
+    rng = np.random.default_rng(0)
+    with store.writer() as w:
+        for i in range(clips):
+            w.add(f"c{i}", rng.normal(size=(frames, dim)).astype(np.float32))
+    store.merge()
+    return FeatureStore.open(store.path)
+
+
+def _segment(store):
+    return sorted((store.path / "segments").glob("*.json"))[0]
+
+
+def test_store_refuses_flipped_bytes_naming_the_clip(tmp_path):
+    from lightning_emo.data.store import FeatureStore, FeatureStoreError
+
+    store = _small_store(tmp_path)
+    data = _segment(store).with_suffix(".f16")
+    raw = bytearray(data.read_bytes())
+    raw[6 * 2 * 5 * 2 + 3] ^= 0x01  # clip c2's first row (5 frames x 6 dims x 2 bytes per clip)
+    data.write_bytes(bytes(raw))
+    store = FeatureStore.open(store.path)
+    assert store.get("c1")[0].shape == (5, 6)  # the other clips still read
+    with pytest.raises(FeatureStoreError, match=r"clip 'c2' .* does not match the checksum"):
+        store.get("c2")
+    mask = _segment(store).with_suffix(".mask")
+    raw = bytearray(mask.read_bytes())
+    raw[17] = 0  # c3's mask: a frame flipped to "no face"
+    mask.write_bytes(bytes(raw))
+    with pytest.raises(FeatureStoreError, match=r"clip 'c3'"):
+        FeatureStore.open(store.path).get("c3")
+
+
+@pytest.mark.parametrize("field,value", [("dim", 3), ("dim", 12), ("dtype", "float32")])
+def test_store_refuses_an_edited_store_json(tmp_path, field, value):
+    from lightning_emo.data.store import FeatureStore, FeatureStoreError
+
+    store = _small_store(tmp_path)
+    meta = json.loads((store.path / "store.json").read_text())
+    meta[field] = value
+    (store.path / "store.json").write_text(json.dumps(meta))
+    with pytest.raises(FeatureStoreError, match=r"was written with dim 6, dtype float16.*was edited"):
+        FeatureStore.open(store.path)
+
+
+def test_store_refuses_a_truncated_segment_when_opened(tmp_path):
+    from lightning_emo.data.store import FeatureStore, FeatureStoreError
+
+    store = _small_store(tmp_path)
+    data = _segment(store).with_suffix(".f16")
+    data.write_bytes(data.read_bytes()[:-10])
+    with pytest.raises(FeatureStoreError, match="truncated"):
+        FeatureStore.open(store.path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_store_refuses_non_finite_features_naming_the_clip(tmp_path, bad):
+    store = _small_store(tmp_path)
+    x = np.zeros((4, 6), np.float32)
+    x[2, 5] = bad
+    with store.writer() as w:
+        with pytest.raises(ValueError, match=r"clip 'odd'.*1 NaN/infinite value\(s\) \(first at frame 2, column 5\)"):
+            w.add("odd", x)
+    store.refresh()
+    assert "odd" not in store
+
+
+def test_store_without_checksums_gets_them_recorded_once(tmp_path, caplog):
+    import logging
+
+    from lightning_emo.data.store import FeatureStore, FeatureStoreError, _StoreLock
+
+    caplog.set_level(logging.INFO)
+    store = _small_store(tmp_path)
+    seg = _segment(store)
+    meta = json.loads(seg.read_text())
+    del meta["checksums"], meta["dim"], meta["dtype"]  # as written before checksums existed
+    seg.write_text(json.dumps(meta))
+    (store.path / "index.json").unlink()
+    writer_lock = _StoreLock(store.path, exclusive=False)  # a writer is active: nothing is recorded yet
+    FeatureStore.open(store.path).get("c0")
+    assert "read unverified" in caplog.text and "checksums" not in json.loads(seg.read_text())
+    writer_lock.release()
+    FeatureStore.open(store.path)
+    assert "recorded checksums of 4 clip(s)" in caplog.text
+    assert set(json.loads(seg.read_text())["checksums"]) == {"c0", "c1", "c2", "c3"}
+    data = seg.with_suffix(".f16")
+    raw = bytearray(data.read_bytes())
+    raw[1] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(FeatureStoreError, match="clip 'c0'"):
+        FeatureStore.open(store.path).get("c0")
+
+
+def test_training_on_a_damaged_store_stops_before_any_checkpoint(tmp_path):
+    """The reported bug: flipped bytes trained to a NaN loss and saved a "best" checkpoint."""
+    from lightning_emo.cli import main
+    from lightning_emo.data.store import FeatureStoreError
+
+    make_toy_corpus(tmp_path, dims=(("audio", 6),))
+    seg = sorted((tmp_path / "audio" / "segments").glob("*.f16"))[0]
+    raw = bytearray(seg.read_bytes())
+    for i in range(1, len(raw), 97):
+        raw[i] = 0x7E  # high bytes of float16 -> NaN / huge values
+    seg.write_bytes(bytes(raw))
+    with pytest.raises(FeatureStoreError, match="does not match the checksum"):
+        main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
+              "--data.init_args.features", str(tmp_path / "audio"), "--trainer.max_epochs", "2", *QUIET])
+    assert not list(Path("runs").rglob("*.ckpt"))
