@@ -492,7 +492,10 @@ def build_parser():
         prog="lightning-emo extract",
         description="Run frozen feature extractors over a manifest into feature stores (one per extractor, "
         "FEATURES_DIR/<name>/), resuming where an earlier run stopped. Several processes: --trainer.devices N "
-        "--trainer.strategy ddp.",
+        "--trainer.strategy ddp. Pretrained weights download on first use into the upstream caches "
+        "(torchaudio: $TORCH_HOME/hub/checkpoints, facenet: $TORCH_HOME/checkpoints, Hub files: the HF cache); "
+        "LIGHTNING_EMO_WEIGHTS_URL=URL fetches non-Hub files as URL/<file name> (a mirror), "
+        "LIGHTNING_EMO_DOWNLOAD_TIMEOUT sets the seconds to wait, --offline or HF_HUB_OFFLINE=1 downloads nothing.",
     )
     parser.add_argument("--manifest", required=True, help="the manifest CSV")
     parser.add_argument("--root", default=None, help="the corpus root (default: the manifest sidecar's)")

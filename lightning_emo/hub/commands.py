@@ -167,7 +167,8 @@ def push_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lightning-emo push", description=push_main.__doc__,
         epilog="The token comes from HF_TOKEN or `hf auth login`; it is never printed. Only config.json, "
-               "model.safetensors and README.md are uploaded.")
+               "model.safetensors and README.md are uploaded. HF_ENDPOINT picks the Hub; each request waits at most "
+               "LIGHTNING_EMO_HUB_TIMEOUT seconds (default 60).")
     p.add_argument("folder", help="the exported folder (lightning-emo export --out)")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if needed)")
     p.add_argument("--private", action="store_true", help="create the repository private")

@@ -102,6 +102,16 @@ class EmotionCLI(LightningCLI):
             callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The parser of each subcommand, whose ``--help`` says that configs can be named."""
+        parser = super().init_parser(**kwargs)
+        for action in parser._actions:
+            if "--config" in action.option_strings:
+                action.help = ("a config file (json or yaml), or the name of a config shipped with the package "
+                               "(experiment/hubert.yaml, configs/model/blstm.yaml: `lightning-emo configs list`), "
+                               "used when no such local file exists; repeat to layer configs (later ones win)")
+        return parser
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse with every ``--config`` resolved first: a shipped name (``experiment/hubert.yaml``) works from any folder."""
         from lightning_emo.configs import resolve_config_args
