@@ -49,7 +49,7 @@ def hub(monkeypatch):
     server = HubServer(token=TOKEN).start()
     use_endpoint(monkeypatch, server.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "2")
+    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "10")
     yield server
     server.stop()
 
@@ -140,6 +140,22 @@ def test_push_to_a_branch_keeps_the_pinned_commit(tiny, hub, tmp_path, capsys):
         Recognizer.from_pretrained("hf-hub:org/tiny@v3", cache_dir=cache)
     with pytest.raises(RecognizerError, match="no such model repository"):
         Recognizer.from_pretrained("hf-hub:org/absent", cache_dir=cache)
+
+
+def test_the_stand_in_answers_the_real_clients_repo_calls(tiny, hub, tmp_path):
+    """model_info, snapshot_download (tree listing + downloads) and create_branch, straight from huggingface_hub."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    commit = hub.add_commit("org/tiny", tree_from_folder(tiny["export"], HUB_FILES))
+    api = HfApi(token=TOKEN)
+    info = api.model_info("org/tiny")
+    assert info.sha == commit and sorted(s.rfilename for s in info.siblings) == HUB_FILES
+    assert api.model_info("org/tiny", revision=commit).sha == commit
+    api.create_branch("org/tiny", branch="dev")
+    assert hub.head("org/tiny", "dev") == commit
+    folder = Path(snapshot_download("org/tiny", revision="dev", cache_dir=tmp_path / "c"))
+    assert folder.name == commit and sorted(p.name for p in folder.iterdir()) == HUB_FILES
+    assert (folder / "model.safetensors").read_bytes() == (tiny["export"] / "model.safetensors").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------- failures

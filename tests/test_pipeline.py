@@ -81,7 +81,7 @@ def test_every_protocol_config_parses_and_names_existing_train_configs(config, c
 
 def _fold_args(out, *extra):
     return ["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(out), "--num_workers", "0",
-            "--synth.clips_per_class", "4", "--synth.num_speakers", "6",
+            "--synth.clips_per_class", "4", "--synth.num_speakers", "6", "--synth.size", "64", "--synth.max_speech", "2",
             "--train_args", '["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]',
             "--audio", '{"mfcc": {"extractor": "mfcc", "train_config": "configs/experiment/synthetic_audio.yaml"}}',
             "--video", '{"hog": {"extractor": "hog", "detector": "none", "fps": 5, '
@@ -169,3 +169,18 @@ def test_reproduce_three_seeds_resumes_after_a_real_kill(tmp_path, caplog):
     history = json.loads((out / "extraction.json").read_text())
     assert [s["written"] for s in history[0]["stores"]] == [28, 28]  # the killed run extracted everything once
     assert all(s["written"] == 0 for h in history[1:] for s in h["stores"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds.scheme", "kfold", "--folds.k", "50"], "cannot fill 50 speaker-independent folds"),
+    (["--folds.scheme", "logo"], "needs the 'group' \\(or 'session'\\) column"),
+    (["--folds.scheme", "bogus"], "unknown fold scheme 'bogus'"),
+    (["--seeds", "[1, 1]"], "distinct integers"),
+    (["--select_metric", "auc"], "select_metric must be one of"),
+    (["--crossfit", "1"], "crossfit must be 0"),
+])
+def test_bad_protocol_options_stop_before_any_work(tmp_path, extra, message):
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match=message):
+        main(_fold_args(out, *extra))
+    assert not (out / "features").exists()  # nothing extracted
