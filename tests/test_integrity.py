@@ -740,3 +740,23 @@ def test_training_on_a_damaged_store_stops_before_any_checkpoint(tmp_path):
         main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
               "--data.init_args.features", str(tmp_path / "audio"), "--trainer.max_epochs", "2", *QUIET])
     assert not list(Path("runs").rglob("*.ckpt"))
+
+
+def test_zoo_entry_listing_other_classes_than_its_model_is_refused(tmp_path):
+    import shutil
+
+    import yaml
+
+    from lightning_emo.hub import Recognizer, RecognizerError
+
+    zoo = tmp_path / "zoo"
+    (zoo / "models").mkdir(parents=True)
+    shutil.copytree(ZOO_DEMO, zoo / "models" / "synthetic-demo")
+    entry = yaml.safe_load((ZOO_DEMO.parents[1] / "synthetic-demo.yaml").read_text())
+    entry["classes"] = list(reversed(entry["classes"]))  # another order: the listing still names the same classes
+    (zoo / "synthetic-demo.yaml").write_text(yaml.safe_dump(entry))
+    assert Recognizer.from_pretrained("synthetic-demo", zoo=zoo).classes[0] == "angry"
+    entry["classes"][0] = "calm"
+    (zoo / "synthetic-demo.yaml").write_text(yaml.safe_dump(entry))
+    with pytest.raises(RecognizerError, match=r"zoo entry 'synthetic-demo' vs its model.*only in .*yaml: calm"):
+        Recognizer.from_pretrained("synthetic-demo", zoo=zoo)
