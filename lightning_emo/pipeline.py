@@ -185,6 +185,7 @@ def run_protocol(p: Protocol) -> Any:
     single = p.folds.scheme == "split" and len(p.seeds) == 1
     log.info(manifest.summary())
     log.info(f"folds ({p.folds.scheme}): " + "; ".join(f.describe() for f in folds) + f"; seeds {p.seeds}")
+    _check_folds(manifest, folds, manifest_path)
     cross = prepare_cross(p.test_corpus, manifest, out) if p.test_corpus else None
     timings["corpus"] = time.perf_counter() - t
 
@@ -263,6 +264,21 @@ def run_protocol(p: Protocol) -> Any:
     log.info(f"summary: {out / 'summary.md'}" + (f"; tables of the split: {out / 'fusion'}" if single else
                                                  f"; per-run results: {out / 'folds'}"))
     return report if single else summary
+
+
+def _check_folds(manifest: Any, folds: list[Any], source: Path) -> None:
+    """Before extracting anything: training, LR fusion and scoring must all be possible in every fold."""
+    from lightning_emo.data.checks import check_splits
+    from lightning_emo.data.folds import fold_manifest
+
+    said: set[str] = set()
+    for fold in folds:
+        where = source if len(folds) == 1 else f"{source} (fold {fold.name})"
+        for warning in check_splits(fold_manifest(manifest, fold).clips, manifest.classes, "reproduce", where,
+                                    warn=False):
+            if warning not in said:
+                said.add(warning)
+                log.warning("WARNING: %s", warning)
 
 
 def _append_json_list(path: Path, item: dict[str, Any]) -> None:
