@@ -250,8 +250,13 @@ def run_protocol(p: Protocol) -> Any:
         notes += cross.notes
     summary = summarize(out, done_dirs, select_metric=p.select_metric, notes=notes)
     timings["summary"] = time.perf_counter() - t
+    written_stores = {k: str(v) for k, v in stores.items()}
+    if single and (out / "protocol.json").is_file():
+        # the split's run (run_dir == out) recorded the stores its heads trained on: a selected set's
+        # own store, not its parent (`export --run OUT --video hog_sel256` needs the selector)
+        written_stores.update(json.loads((out / "protocol.json").read_text(encoding="utf-8")).get("stores") or {})
     atomic_write_text(out / "protocol.json", json.dumps({
-        "protocol": asdict(p), "manifest": str(manifest_path), "stores": {k: str(v) for k, v in stores.items()},
+        "protocol": asdict(p), "manifest": str(manifest_path), "stores": written_stores,
         "folds": [{"name": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
         "seeds": p.seeds, "runs": [str(d) for d in done_dirs],
         "predictions": ({name: str(out / "runs" / name / "predictions.csv") for name, _, _ in sets} if single else {}),

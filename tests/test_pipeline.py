@@ -37,6 +37,13 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows if r["metric"] == "WA")
     assert "bootstrap over test clips" in (out / "summary.md").read_text()
     assert "Recommended (highest validation WA)" in printed
+    # the README's export of the split's selected set: the store recorded is the selected one (its selector ships)
+    assert protocol["stores"]["hog_sel256"].endswith("-sel256")
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog_sel256", "--rule", "prior",
+                 "--out", str(tmp_path / "model")]) == 0
+    from lightning_emo.hub import Recognizer
+
+    assert Recognizer.from_pretrained(str(tmp_path / "model")).config["modalities"]["video"]["selector"]["k"] == 256
 
     # a re-run reuses stores and trained heads instead of recomputing them
     caplog.set_level(logging.INFO, logger="lightning_emo")
@@ -96,7 +103,7 @@ def _summary_rows(out):
         return list(csv.DictReader(f))
 
 
-def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
+def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog, capsys):
     out = tmp_path / "folds"
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
     rows = _summary_rows(out)
@@ -126,6 +133,12 @@ def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
                  "--no-png", "--quiet"]) == 0
     fused = json.loads((tmp_path / "fused" / "mfcc+hog" / "prior" / "rule.json").read_text())["state"]
     assert fused["params"]["micro_f1"] == state["params"]["micro_f1"]
+    # `export --run` on the whole output names a run to export instead of looking for heads at the top
+    capsys.readouterr()
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) == 1
+    assert f"holds 2 runs (folds x seeds), each with its own heads: export one of them, e.g. --run {out / 'folds'}" \
+        in capsys.readouterr().err
+    assert main(["export", "--run", str(run), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) == 0
     # a re-run skips the finished folds and extracts nothing
     caplog.set_level(logging.INFO, logger="lightning_emo")
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
