@@ -810,8 +810,8 @@ class StoreWriter:
             full = disk_full(e, e.filename or data_path,
                              kept=f"the store {self.store.path} keeps every clip committed before "
                                   f"({committed} by this run, {len(self.store)} before it); the "
-                                  f"{len(self._pending)} clips in flight were not written, and a re-run resumes "
-                                  "after the committed ones")
+                                  f"{len(self._pending)} clips in flight were not written",
+                             then="run the same command again: it resumes after the committed clips")
             if full is None:
                 raise
             raise full from e
