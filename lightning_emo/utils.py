@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from lightning_emo.errors import UserError
+
 log = logging.getLogger("lightning_emo")
 
 
@@ -49,7 +51,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-class LocatedError(ValueError):
+class LocatedError(UserError, ValueError):
     """A bad input file; the message starts with ``FILE, line N, <kind> 'NAME':``.
 
     Subclasses name what ``kind`` of place they point at (a manifest ``field``, a CSV ``column``).

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_emo.errors import UserError
 from lightning_emo.registry import Registry
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -31,7 +32,7 @@ EXTRACTORS: Registry = Registry("extractor")
 WEIGHT_KINDS = ("none", "file", "hf-hub", "torchaudio", "facenet", "timm")
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """Pretrained weights are not on this machine; the message says where to put them."""
 
 

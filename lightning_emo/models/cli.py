@@ -33,13 +33,19 @@ Usage::
 
 from __future__ import annotations
 
+import re
 import sys
+from argparse import ArgumentError
+from pathlib import Path
 from typing import Any
+
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from lightning_emo.errors import ConfigError, UserError, command, describe_parse_error, find_user_error
 from lightning_emo.models.module import EmotionModule
 from lightning_emo.models.writer import PredictionsWriter
 from lightning_emo.utils import setup_logging
@@ -73,13 +79,75 @@ def _fusion_callback():
     return FusionPriorCallback
 
 
+def _section(error: BaseException) -> str:
+    """``model``/``data`` (and the class) from jsonargparse's wrapper of a failed instantiation."""
+    text = str(error)
+    m = re.search(r"class_path='([\w.]+)'", text)
+    cls = m.group(1).rsplit(".", 1)[-1] if m else None
+    section = "model" if "core.module.LightningModule" in text else "data" if "LightningDataModule" in text else None
+    return " ".join(x for x in (section, f"({cls})" if cls else None) if x)
+
+
 class EmotionCLI(LightningCLI):
     """LightningCLI for :class:`EmotionModule` (and any other LightningModule) over any LightningDataModule.
 
     Other LightningModules (the source-task recipes of :mod:`lightning_emo.pretrain`) get the
     same trainer, checkpoint, early-stopping and logger options, without the callbacks that
     read emotion posteriors (the fusion prior, ``predictions.csv``).
+
+    A bad option or config value is raised as a :class:`~lightning_emo.errors.ConfigError` naming
+    the key (jsonargparse's nested report condensed), a constructor or the Trainer refusing its
+    arguments as one naming the section; the package's own errors pass as they are.
     """
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            subcommand = args[0] if isinstance(args, (list, tuple)) and args else (sys.argv[1:2] or [""])[0]
+            arguments = args if isinstance(args, (list, tuple)) else sys.argv[1:]
+            raise ConfigError(describe_parse_error(e, subcommand, arguments)) from e
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
+            return super()._parse_ckpt_path()
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt_path}: no such checkpoint file. Give the path of a .ckpt a `fit` "
+                              "run saved (<run>/checkpoints/), or `last` to resume from the run's last.ckpt.")
+        try:
+            super()._parse_ckpt_path()
+        except UserError:
+            raise
+        except Exception as e:  # torch.load of something that is not a checkpoint: pickle, zip, EOF errors
+            if isinstance(e, ArgumentError):
+                raise ConfigError(f"--ckpt_path {ckpt_path}: its hyper-parameters do not fit the config: "
+                                  f"{describe_parse_error(e, subcommand, print_config=False)}") from e
+            reason = str(e).strip().split("\n", 1)[0][:200]
+            raise ConfigError(f"--ckpt_path {ckpt_path}: not a readable Lightning checkpoint "
+                              f"({type(e).__name__}: {reason}). Give a .ckpt a `fit` run saved.") from e
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except UserError:
+            raise
+        except (ValueError, KeyError, MisconfigurationException) as e:
+            if find_user_error(e) is not None:
+                raise
+            # a constructor (or the Trainer) rejected a configured value: name the section
+            inner = e
+            while inner.__cause__ is not None:
+                inner = inner.__cause__
+            if not isinstance(inner, (ValueError, KeyError, MisconfigurationException)):
+                raise  # TypeError, AttributeError...: a bug, keep its traceback
+            message = str(inner.args[0] if isinstance(inner, KeyError) and inner.args else inner)
+            where = _section(e) if inner is not e else ""
+            if isinstance(inner, MisconfigurationException):
+                where = "trainer"
+            raise ConfigError(f"{where + ': ' if where else ''}{message.rstrip('.')}. Fix the value in the config or "
+                              f"on the command line (`--print_config` shows what was resolved).") from e
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if not isinstance(self.model, EmotionModule):
@@ -119,13 +187,20 @@ def cli(argv: list[str] | None = None, run: bool = True, **kwargs: Any) -> Emoti
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         auto_configure_optimizers=False,  # EmotionModule owns its param groups (output-layer weight decay)
+        # parse errors raise (EmotionCLI turns them into one ConfigError) instead of printing usage and exiting
+        parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in ("fit", "validate", "test",
+                                                                                         "predict")}},
     )
     defaults.update(kwargs)
     return EmotionCLI(args=argv, run=run, **defaults)
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
-    """``lightning-emo fit|validate|test|predict ...``: ``argv`` starts with the subcommand."""
+    """``lightning-emo fit|validate|test|predict ...``: ``argv`` starts with the subcommand.
+
+    A bad input is printed as one paragraph (exit status 2); see :mod:`lightning_emo.errors`.
+    """
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     # LightningCLI reads sys.argv itself when it holds exactly these arguments (the console script,
