@@ -210,10 +210,10 @@ def test_export_refuses_inconsistent_parts(tiny, tmp_path):
 
 def test_selected_store_ships_its_selector(tiny, tmp_path):
     """A head trained on random-forest-selected features: the selector's columns travel in model.safetensors."""
-    from lightning_emo.data.features import select_features
     from lightning_emo.data.manifest import Clip, Manifest
     from lightning_emo.data.media import load_frames
     from lightning_emo.extractors.face import HOGExtractor
+    from lightning_emo.extractors.selection import FeatureSelector, select_features
 
     hog = HOGExtractor(crop_size=32, fps=5.0)
     rng = np.random.default_rng(0)
@@ -229,11 +229,12 @@ def test_selected_store_ships_its_selector(tiny, tmp_path):
     assert config["modalities"]["video"]["selector"]["k"] == 20
     assert config["modalities"]["video"]["selector"]["dim"] == hog.spec.dim
     loaded = Recognizer.from_pretrained(tmp_path / "export")
-    np.testing.assert_array_equal(loaded.selectors["video"].indices.numpy(), derived.load_selector().indices)
+    selector = FeatureSelector.from_store(derived)
+    np.testing.assert_array_equal(loaded.selectors["video"].indices.numpy(), selector.indices)
     frames, _ = load_frames(tiny["clip"], fps=5.0)
     feats, mask = loaded.extract("video", frames)
     full = hog(_hog_crops(frames, 32), torch.tensor([len(frames)]))[0][0].numpy()
-    np.testing.assert_allclose(feats, derived.load_selector().transform(full).astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(feats, selector.transform(full).astype(np.float16).astype(np.float32))
     assert loaded.predict(tiny["clip"]).probs["video"] is not None
     with pytest.raises(RecognizerError, match="features were selected"):
         Recognizer.from_checkpoints({"video": ckpt}, detector="none")
@@ -377,7 +378,7 @@ def test_hub_push_callback_exports_best_checkpoint_at_fit_end(tmp_path, monkeypa
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from lightning_emo.data.features import FeatureDataModule
+    from lightning_emo.data.datamodule import FeatureDataModule
     from lightning_emo.data.manifest import Clip, Manifest
     from lightning_emo.extractors.face import HOGExtractor
     from lightning_emo.fusion.callback import FusionPriorCallback

@@ -166,3 +166,88 @@ def test_every_split_gets_a_speaker_even_on_tiny_corpora(n_speakers):
     assert {c.split for c in out} == {"train", "val", "test"}
     assert check_speaker_independent(out.clips) == {}
     assert len(out.split("train")) > len(out.split("val"))
+
+
+def _grouped_manifest(n_groups=5, seed=0):
+    """IEMOCAP-like: each group (session) holds two speakers; one speaker also appears in the next group."""
+    import random
+
+    rng = random.Random(seed)
+    clips = []
+    for g in range(1, n_groups + 1):
+        for spk in ("F", "M"):
+            for i in range(10):
+                clips.append(Clip(f"g{g}{spk}_{i}", f"g{g}{spk}_{i}.wav", rng.choice(CLASSES), "",
+                                  f"Ses{g:02d}{spk}", group=f"Session{g}"))
+    return Manifest(clips, list(CLASSES), root=__import__("pathlib").Path("."))
+
+
+def test_group_column_round_trip_and_session_synonym(tmp_path):
+    from lightning_emo.data.manifest import check_group_independent
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for name in ("x.wav", "y.wav"):
+        (root / name).write_bytes(b"x")
+    m = Manifest([Clip("x", "x.wav", "happy", "train", "s1", group="Session1"),
+                  Clip("y", "y.wav", "sad", "test", "s2", 0.5, 2.0, group="Session2")], CLASSES, root)
+    out = m.write(tmp_path / "m.csv")
+    assert out.read_text().splitlines()[0] == "clip_id,path,label,split,speaker,group,start,end"
+    back = read_manifest(out)
+    assert back.clips == m.clips and back.has_groups
+    assert "groups: train=1, test=1" in back.summary()
+    assert check_group_independent(back.clips) == {}
+    # old manifests (no group column) load with empty groups and write no group column
+    csv = _corpus(tmp_path, ["a,a.wav,angry,train,s1"])
+    old = read_manifest(csv)
+    assert old.clips[0].group == "" and not old.has_groups
+    assert "group" not in old.write(tmp_path / "old.csv").read_text().splitlines()[0]
+    # IEMOCAP users call it session
+    csv = _corpus(tmp_path, ["a,a.wav,angry,train,s1,Ses01"], header="clip_id,path,label,split,speaker,session")
+    assert read_manifest(csv).clips[0].group == "Ses01"
+    csv = _corpus(tmp_path, ["a,a.wav,angry,train,s1,Ses01,Ses01"],
+                  header="clip_id,path,label,split,speaker,session,group")
+    with pytest.raises(ManifestError, match=r"line 1, field 'group': both session and group columns"):
+        read_manifest(csv)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_splits_dealt_by_group_keep_groups_and_speakers_whole(seed):
+    from dataclasses import replace
+
+    from lightning_emo.data.manifest import check_group_independent
+
+    m = _grouped_manifest()
+    # a speaker recorded in two sessions joins them: both must land in one split
+    m = m.with_clips([replace(c, speaker="Ses01F") if c.clip_id == "g2F_0" else c for c in m.clips])
+    out = assign_splits(m, seed=seed, by="group")
+    assert check_group_independent(out.clips) == {} and check_speaker_independent(out.clips) == {}
+    assert {c.split for c in out} == {"train", "val", "test"}
+    split_of = {c.group: c.split for c in out}
+    assert split_of["Session1"] == split_of["Session2"]
+    assert any("group-independent splits" in n and "over 4 groups" in n for n in out.notes)
+    # by speaker (the default) sessions may be shared, speakers never are
+    by_speaker = assign_splits(m, seed=seed)
+    assert check_speaker_independent(by_speaker.clips) == {}
+    with pytest.raises(ValueError, match="by must be"):
+        assign_splits(m, by="session")
+
+
+def test_clips_without_speaker_are_dealt_with_their_group():
+    from dataclasses import replace
+
+    from lightning_emo.data.manifest import check_group_independent
+
+    m = _grouped_manifest()
+    m = m.with_clips([replace(c, speaker="") for c in m.clips])
+    out = assign_splits(m, seed=0)
+    assert not any("NOT speaker-independent" in n for n in out.notes)
+    assert check_group_independent(out.clips) == {}
+
+
+def test_default_speaker_split_unchanged_by_the_group_machinery():
+    """The speaker deal is the one the synthetic corpus and earlier runs were made with (pinned)."""
+    out = assign_splits(_speaker_manifest(), seed=3)
+    got = {c.speaker: c.split for c in out}
+    assert sorted(s for s, v in got.items() if v == "val") == ["spk11", "spk3", "spk8"]
+    assert sorted(s for s, v in got.items() if v == "test") == ["spk13", "spk16", "spk18", "spk19"]

@@ -21,7 +21,7 @@ except ImportError:
     from tests.test_module import make_toy_corpus
 
 from lightning_emo.cli import main
-from lightning_emo.data.features import FeatureDataModule
+from lightning_emo.data.datamodule import FeatureDataModule
 from lightning_emo.data.manifest import read_manifest
 from lightning_emo.data.predictions import read_predictions
 

@@ -1,7 +1,9 @@
 """The manifest: the one table every corpus becomes before anything downstream reads it.
 
 A manifest is a CSV with the header ``clip_id,path,label,split,speaker`` and optional
-``start,end`` columns (seconds). ``path`` is relative to the corpus root. The class list
+``start,end`` columns (seconds) and an optional ``group`` column: a recording group coarser
+than the speaker (IEMOCAP's session, a podcast episode) that fold schemes such as
+leave-one-group-out use; ``session`` is read as its synonym. ``path`` is relative to the corpus root. The class list
 (names, in order) and the corpus root travel beside it in a sidecar JSON file with the same
 stem (``manifest.csv`` -> ``manifest.json``).
 
@@ -25,7 +27,8 @@ from typing import Iterable, Sequence
 from lightning_emo.utils import LocatedError, atomic_write_text
 
 REQUIRED_COLUMNS = ("clip_id", "path", "label", "split", "speaker")
-OPTIONAL_COLUMNS = ("start", "end")
+OPTIONAL_COLUMNS = ("start", "end", "group")
+GROUP_ALIASES = ("group", "session")  # the CSV may call the group column either name
 SPLITS = ("train", "val", "test")
 DEFAULT_RATIOS = (0.7, 0.1, 0.2)  # the paper's 7:1:2
 
@@ -42,7 +45,12 @@ class ManifestError(LocatedError):
 
 @dataclass(frozen=True)
 class Clip:
-    """One row of a manifest. ``start``/``end`` cut the media file (seconds), ``None`` = whole file."""
+    """One row of a manifest.
+
+    ``start``/``end`` cut the media file (seconds), ``None`` = whole file. ``group`` is the
+    recording group above the speaker (IEMOCAP's ``Session1``..``Session5``; ``""`` = none):
+    clips of one group are kept on one side of a split when splits are dealt by group.
+    """
 
     clip_id: str
     path: str
@@ -51,6 +59,7 @@ class Clip:
     speaker: str = ""
     start: float | None = None
     end: float | None = None
+    group: str = ""
 
 
 @dataclass
@@ -84,6 +93,11 @@ class Manifest:
         return {c.clip_id: c for c in self.clips}
 
     @property
+    def has_groups(self) -> bool:
+        """Whether every clip names its group (the ``group``/``session`` column is filled)."""
+        return bool(self.clips) and all(c.group for c in self.clips)
+
+    @property
     def has_splits(self) -> bool:
         return all(c.split for c in self.clips)
 
@@ -101,10 +115,13 @@ class Manifest:
             lines.append("  " + label.ljust(width) + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
         totals = [sum(counts[(lab, s)] for lab in self.classes) for s in splits]
         lines.append("  " + "total".ljust(width) + "".join(f"{n:>8}" for n in totals) + f"{sum(totals):>8}")
-        speakers = defaultdict(set)
+        speakers, groups = defaultdict(set), defaultdict(set)
         for c in self.clips:
             speakers[c.split or "(none)"].add(c.speaker)
+            groups[c.split or "(none)"].add(c.group)
         lines.append("  speakers: " + ", ".join(f"{s}={len(speakers[s] - {''})}" for s in splits))
+        if any(c.group for c in self.clips):
+            lines.append("  groups: " + ", ".join(f"{s}={len(groups[s] - {''})}" for s in splits))
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -115,12 +132,15 @@ class Manifest:
         """Write the CSV and its sidecar JSON atomically; returns the CSV path."""
         path = Path(path)
         has_times = any(c.start is not None or c.end is not None for c in self.clips)
-        columns = list(REQUIRED_COLUMNS) + (list(OPTIONAL_COLUMNS) if has_times else [])
+        has_group = any(c.group for c in self.clips)
+        columns = list(REQUIRED_COLUMNS) + (["group"] if has_group else []) + (["start", "end"] if has_times else [])
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         for c in self.clips:
             row = [c.clip_id, c.path, c.label, c.split, c.speaker]
+            if has_group:
+                row.append(c.group)
             if has_times:
                 row += ["" if c.start is None else f"{c.start:g}", "" if c.end is None else f"{c.end:g}"]
             writer.writerow(row)
@@ -240,8 +260,13 @@ def read_manifest(
         for col in REQUIRED_COLUMNS:
             if col not in header:
                 raise ManifestError(path, f"missing column (header is {','.join(header)}; expected "
-                                    f"{','.join(REQUIRED_COLUMNS)}[,start,end])", 1, col)
-        unknown = [h for h in header if h not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+                                    f"{','.join(REQUIRED_COLUMNS)}[,group][,start,end])", 1, col)
+        group_columns = [h for h in header if h in GROUP_ALIASES]
+        if len(group_columns) > 1:
+            raise ManifestError(path, f"both {' and '.join(group_columns)} columns: they name the same thing "
+                                "(the recording group); keep one", 1, group_columns[-1])
+        group_column = group_columns[0] if group_columns else None
+        unknown = [h for h in header if h not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + GROUP_ALIASES]
         if unknown:
             notes.append(f"ignored extra columns: {', '.join(unknown)}")
         rows = []
@@ -285,7 +310,8 @@ def read_manifest(
         end = _parse_time(r.get("end", ""), path, line_no, "end")
         if start is not None and end is not None and start >= end:
             raise ManifestError(path, f"start ({start:g}) must be before end ({end:g})", line_no, "start")
-        clips.append(Clip(r["clip_id"], r["path"], r["label"], r["split"], r["speaker"], start, end))
+        group = r[group_column] if group_column else ""
+        clips.append(Clip(r["clip_id"], r["path"], r["label"], r["split"], r["speaker"], start, end, group))
 
     splits_given = {bool(c.split) for c in clips}
     if splits_given == {True, False}:
@@ -298,15 +324,24 @@ def assign_splits(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     seed: int = 0,
     overwrite: bool = False,
+    by: str = "speaker",
 ) -> Manifest:
     """Fill empty ``split`` fields: deterministic, seeded and speaker-independent.
 
     Speakers are dealt to train/val/test so that each split's share of clips approaches
-    ``ratios`` for every class (stratified where possible); no speaker lands in two splits. When
-    no clip has a speaker, clips are split directly, stratified by label, and a note says so.
+    ``ratios`` for every class (stratified where possible); no speaker lands in two splits. A
+    clip with no speaker but a ``group`` is dealt with its group. When some clip has neither,
+    clips are split directly, stratified by label, and a note says so.
+
+    Args:
+        by: ``"speaker"`` deals speakers (above); ``"group"`` deals whole groups (IEMOCAP's
+            sessions), joined with every speaker they share, so that no group and no speaker
+            lands in two splits (a clip without a group is dealt with its speaker).
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
         raise ValueError(f"ratios must be three non-negative numbers (train, val, test), got {ratios}")
+    if by not in ("speaker", "group"):
+        raise ValueError(f"by must be 'speaker' or 'group', got {by!r}")
     ratios = [r / sum(ratios) for r in ratios]
     todo = [c for c in manifest.clips if overwrite or not c.split]
     if not todo:
@@ -314,11 +349,14 @@ def assign_splits(
     rng = random.Random(seed)
     assignment: dict[str, str] = {}
     notes = list(manifest.notes)
-    if all(c.speaker for c in todo):
-        groups: dict[str, list[Clip]] = defaultdict(list)
+    unit_of = _split_units(todo, by)
+    if all(unit_of[c.clip_id] for c in todo):
+        groups: dict[tuple[str, str], list[Clip]] = defaultdict(list)
         for c in todo:
-            groups[c.speaker].append(c)
+            groups[unit_of[c.clip_id]].append(c)
         speakers = sorted(groups)
+        n_units = len(speakers)
+        kinds = sorted({k for k, _ in speakers})
         rng.shuffle(speakers)
         # Largest speakers first so the small ones can fine-tune the proportions.
         speakers.sort(key=lambda s: -len(groups[s]))
@@ -354,11 +392,12 @@ def assign_splits(
             n_split[best] += len(groups[spk])
             for c in groups[spk]:
                 assignment[c.clip_id] = best
-        notes.append(f"assigned speaker-independent splits (seed {seed}, ratios "
-                     f"{'/'.join(f'{r:.2f}' for r in ratios)}) over {len(speakers)} speakers")
+        what = " and ".join({"speaker": "speaker", "group": "group"}[k] + "s" for k in kinds)
+        notes.append(f"assigned {'group' if by == 'group' else 'speaker'}-independent splits (seed {seed}, ratios "
+                     f"{'/'.join(f'{r:.2f}' for r in ratios)}) over {n_units} {what}")
     else:
-        missing = sum(1 for c in todo if not c.speaker)
-        notes.append(f"{missing} clips have no speaker: splits are stratified by label over clips, "
+        missing = sum(1 for c in todo if not unit_of[c.clip_id])
+        notes.append(f"{missing} clips have no speaker (and no group): splits are stratified by label over clips, "
                      "NOT speaker-independent")
         by_label: dict[str, list[Clip]] = defaultdict(list)
         for c in todo:
@@ -375,6 +414,37 @@ def assign_splits(
     return replace(manifest, clips=clips, notes=notes)
 
 
+def _split_units(clips: list[Clip], by: str) -> dict[str, tuple[str, str] | None]:
+    """The unit each clip is dealt with: ``(kind, name)``, or ``None`` when it has no speaker/group.
+
+    By speaker the unit is the speaker (the group for a clip without one). By group, groups and
+    speakers that share a clip are joined (union-find) and each connected set is one unit, named
+    by its first group, so neither a group nor a speaker can straddle two splits.
+    """
+    if by == "speaker":
+        return {c.clip_id: ("speaker", c.speaker) if c.speaker else ("group", c.group) if c.group else None
+                for c in clips}
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for c in clips:
+        nodes = [n for n in (("group", c.group) if c.group else None, ("speaker", c.speaker) if c.speaker else None) if n]
+        for n in nodes:
+            find(n)
+        if len(nodes) == 2:
+            a, b = find(nodes[0]), find(nodes[1])
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # groups sort before speakers: a set is named by a group
+    return {c.clip_id: find(("group", c.group) if c.group else ("speaker", c.speaker)) if (c.group or c.speaker)
+            else None for c in clips}
+
+
 def check_speaker_independent(clips: Iterable[Clip]) -> dict[str, set[str]]:
     """Return the speakers found in more than one split (empty when the split is clean)."""
     where: dict[str, set[str]] = defaultdict(set)
@@ -382,3 +452,12 @@ def check_speaker_independent(clips: Iterable[Clip]) -> dict[str, set[str]]:
         if c.speaker and c.split:
             where[c.speaker].add(c.split)
     return {s: v for s, v in where.items() if len(v) > 1}
+
+
+def check_group_independent(clips: Iterable[Clip]) -> dict[str, set[str]]:
+    """Return the groups found in more than one split (empty when the split is clean)."""
+    where: dict[str, set[str]] = defaultdict(set)
+    for c in clips:
+        if c.group and c.split:
+            where[c.group].add(c.split)
+    return {g: v for g, v in where.items() if len(v) > 1}

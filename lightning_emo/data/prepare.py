@@ -8,6 +8,7 @@ import sys
 
 from lightning_emo.data.checks import check_splits
 from lightning_emo.data.corpora import CORPORA
+from lightning_emo.data.labelmap import LabelMapError, apply_label_map
 from lightning_emo.data.manifest import DEFAULT_RATIOS, ManifestError, assign_splits, read_manifest
 
 
@@ -32,18 +33,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="the corpus root that media paths are relative to")
     parser.add_argument("--out", required=True, help="where to write the manifest CSV (a .json sidecar goes beside it)")
     parser.add_argument("--manifest", help="with --corpus manifest: the hand-written CSV to validate")
-    parser.add_argument("--classes", nargs="+", help="the ordered class list (default: the adapter's or the sidecar's)")
+    parser.add_argument("--classes", nargs="+", help="the ordered class list (default: the adapter's or the sidecar's); "
+                        "with --label-map: the target classes")
+    parser.add_argument("--label-map", metavar="FILE",
+                        help="YAML mapping the corpus' labels onto --classes ('fearful: fear', 'calm: null'); "
+                        "clips of labels with no target class are dropped and counted")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
     parser.add_argument("--ratios", type=float, nargs=3, default=DEFAULT_RATIOS, metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--resplit", action="store_true", help="reassign every split, even those given")
+    parser.add_argument("--split-by", choices=("speaker", "group"), default="speaker",
+                        help="deal speakers (default) or whole groups (the manifest's group/session column, e.g. "
+                        "IEMOCAP's sessions) to the splits")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="adapter option, e.g. modality=audio-only for ravdess, labels=FILE for cheavd")
     args = parser.parse_args(argv)
+    if args.label_map and not args.classes:
+        parser.error("--label-map needs --classes: the target class list the labels are mapped onto")
     try:
         if args.corpus == "manifest":
             if not args.manifest:
                 parser.error("--corpus manifest needs --manifest IN.csv")
-            manifest = read_manifest(args.manifest, root=args.root, classes=args.classes)
+            manifest = read_manifest(args.manifest, root=args.root, classes=None if args.label_map else args.classes)
         else:
             if args.corpus not in CORPORA:
                 parser.error(f"unknown corpus {args.corpus!r}; known: {names}, manifest")
@@ -54,14 +64,20 @@ def main(argv: list[str] | None = None) -> int:
                 if key not in accepted:
                     parser.error(f"adapter {args.corpus!r} has no option {key!r} "
                                  f"(options: {', '.join(k for k in accepted if k != 'root')})")
-            if args.classes and "classes" in accepted:
+            if args.classes and "classes" in accepted and not args.label_map:
                 options["classes"] = args.classes
             manifest = prepare(args.root, **options)
-        manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit)
+        if args.label_map:
+            manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
+        manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
+                                 by=args.split_by)
         out = manifest.write(args.out)
-        # Read back what was written: the same validation every other command applies.
+        # Read back what was written: the same validation every other command applies. The
+        # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
+        counted = manifest.notes
         manifest = read_manifest(out)
-    except ManifestError as e:
+        manifest.notes = counted + [n for n in manifest.notes if n not in counted]
+    except (ManifestError, LabelMapError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(manifest.summary())

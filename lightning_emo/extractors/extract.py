@@ -1,6 +1,6 @@
 """``lightning-emo extract``: frozen extractors over a manifest through a Lightning predict loop into feature stores.
 
-One store per extractor (``FEATURES_DIR/<name>/``, :mod:`lightning_emo.data.features`). The
+One store per extractor (``FEATURES_DIR/<name>/``, :mod:`lightning_emo.data.store`). The
 raw-clip DataModule decodes media (in DataLoader workers where the model leaves cores free:
 :func:`default_decoding_workers`); :class:`ExtractionModule` runs the frozen extractor in
 ``predict_step`` through :class:`~lightning_emo.extractors.runner.FeatureRunner` (audio:
@@ -28,8 +28,8 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import DataLoader
 
-from lightning_emo.data.features import FeatureStore, cache_key, select_features
 from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
+from lightning_emo.data.store import FeatureStore, cache_key
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec
 from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES, register_extractors: API)
     EXTRACTOR_MODULES,
@@ -38,10 +38,11 @@ from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES,
     MISSING_NO_VIDEO,
     ClipFeatures,
     FeatureRunner,
-    builder_accepts,
     build_for_extraction,
+    builder_accepts,
     register_extractors,
 )
+from lightning_emo.extractors.selection import select_features
 from lightning_emo.utils import log, setup_logging
 
 DEFAULT_FPS = 5.0

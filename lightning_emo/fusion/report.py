@@ -348,6 +348,8 @@ def fuse_report(
             if split not in p.splits:
                 raise PredictionsError(p.source, f"no {split!r} rows (model {name!r}); fusion fits on "
                                        f"{val_split!r} and scores on {test_split!r}", column="split")
+    first = next(iter(preds.values()))  # the same classes in another column order: matched by name
+    preds = {name: p.reordered(first.classes, first.source) for name, p in preds.items()}
     plist = list(preds.values())
     check_compatible(plist, split=(val_split, test_split))
 

@@ -103,7 +103,8 @@ def export_main(argv: list[str] | None = None) -> int:
     setup_logging()
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.recognizer import Recognizer
-    from lightning_emo.hub.zoo import add_entry, zoo_dir
+    from lightning_emo.hub.publish import add_entry
+    from lightning_emo.hub.zoo import zoo_dir
 
     ckpts: dict[str, Any] | list[str]
     named = [c for c in args.ckpt if "=" in c and c.split("=", 1)[0].lower() in ("audio", "video", "face")]
@@ -321,7 +322,8 @@ def zoo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--description", default=None, help="with --add: one line for the table")
     args = p.parse_args(argv)
     from lightning_emo.hub.config import RecognizerError
-    from lightning_emo.hub.zoo import README, add_entry, list_entries, render_readme, write_readme, zoo_dir
+    from lightning_emo.hub.publish import add_entry
+    from lightning_emo.hub.zoo import README, list_entries, render_readme, write_readme, zoo_dir
 
     try:
         if args.add:

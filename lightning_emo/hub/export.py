@@ -328,7 +328,8 @@ def _inputs_from_store(m, mc, store_path, spec, head, tensors, detector, detecto
     from lightning_emo.extractors.extract import DEFAULT_FPS
 
     if store_path is not None:
-        from lightning_emo.data.features import FeatureStore, FeatureStoreError
+        from lightning_emo.data.store import FeatureStore, FeatureStoreError
+        from lightning_emo.extractors.selection import FeatureSelector
 
         try:
             store = FeatureStore.open(store_path)
@@ -353,7 +354,7 @@ def _inputs_from_store(m, mc, store_path, spec, head, tensors, detector, detecto
         else:
             mc["input"] = {"sample_rate": int(key.get("sample_rate") or spec["sample_rate"])}
         if store.selection:
-            sel = store.load_selector()
+            sel = FeatureSelector.from_store(store)
             mc["selector"] = {"method": store.selection.get("method", "random_forest"), "k": int(sel.k),
                               "dim": int(sel.dim), "unit": sel.unit, "params": dict(sel.params)}
             tensors[f"selectors.{m}.indices"] = torch.as_tensor(np.asarray(sel.indices, dtype=np.int64))

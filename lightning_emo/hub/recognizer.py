@@ -40,6 +40,7 @@ import torch
 from huggingface_hub import ModelCard, ModelHubMixin
 from torch import nn
 
+from lightning_emo.hub import zoo as zoo_mod
 from lightning_emo.hub.config import (
     CARD_NAME,
     CONFIG_NAME,
@@ -686,16 +687,12 @@ def resolve_reference(name: str | os.PathLike, revision: str | None = None,
     if text.startswith("hf-hub:") or ("/" in text and not text.startswith((".", "/", "~"))
                                       and not os.path.exists(text)):
         if not text.startswith("hf-hub:"):
-            from lightning_emo.hub import zoo as zoo_mod
-
             if text in zoo_mod.entry_names(zoo):
                 return _from_zoo(text, revision, zoo)
         repo_id, rev = parse_hub_reference(text)
         if rev and revision and rev != revision:
             raise RecognizerError(f"{text!r} pins revision {rev!r} but revision={revision!r} was also given")
         return "hub", repo_id, rev or revision
-    from lightning_emo.hub import zoo as zoo_mod
-
     if text in zoo_mod.entry_names(zoo):
         return _from_zoo(text, revision, zoo)
     known = ", ".join(zoo_mod.entry_names(zoo)) or "none"
@@ -704,8 +701,6 @@ def resolve_reference(name: str | os.PathLike, revision: str | None = None,
 
 
 def _from_zoo(name: str, revision: str | None, zoo: str | os.PathLike | None) -> tuple[str, str | Path, str | None]:
-    from lightning_emo.hub import zoo as zoo_mod
-
     entry = zoo_mod.get_entry(name, zoo)
     if revision is not None:
         raise RecognizerError(f"zoo model {name!r} pins its own revision; load 'hf-hub:...@{revision}' instead")

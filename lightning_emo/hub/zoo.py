@@ -16,9 +16,10 @@ commit or as an exported folder inside the repository::
     # or: source: {repo_id: org/name, revision: <40-hex commit>}
     license: apache-2.0
 
-:func:`add_entry` writes an entry from an exported folder (so the entry and the model agree)
-and regenerates the README; ``tests/test_zoo.py`` fails when ``zoo/README.md`` differs from
-:func:`render_readme`. The zoo directory is ``$LIGHTNING_EMO_ZOO`` or the repository's ``zoo/``
+:func:`write_entry` writes an entry from an exported folder's config (so the entry and the model
+agree) and regenerates the README; :mod:`lightning_emo.hub.publish` loads the model first. The zoo
+resolves names to folders and Hub repositories and knows nothing of the recognizer.
+``tests/test_zoo.py`` fails when ``zoo/README.md`` differs from :func:`render_readme`. The zoo directory is ``$LIGHTNING_EMO_ZOO`` or the repository's ``zoo/``
 (wheels carry it as ``lightning_emo/_zoo``: ``pyproject.toml`` maps it).
 """
 
@@ -36,8 +37,8 @@ import yaml
 from lightning_emo.hub.config import CONFIG_NAME, WEIGHTS_NAME, RecognizerError, is_commit
 from lightning_emo.utils import atomic_write_text
 
-__all__ = ["ZooEntry", "add_entry", "entry_names", "export_to_zoo", "get_entry", "list_entries", "render_readme",
-           "write_readme", "zoo_dir"]
+__all__ = ["ZooEntry", "entry_names", "get_entry", "list_entries", "render_readme", "write_entry", "write_readme",
+           "zoo_dir"]
 
 ZOO_ENV = "LIGHTNING_EMO_ZOO"
 README = "README.md"
@@ -219,9 +220,13 @@ def entry_from_config(name: str, config: Mapping[str, Any], *, path: str | None 
     return ZooEntry.from_dict(data)
 
 
-def add_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike | None = None,
-              repo_id: str | None = None, revision: str | None = None, description: str | None = None) -> ZooEntry:
-    """Write ``<zoo>/<name>.yaml`` for an exported recognizer and regenerate the README.
+def write_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike | None = None,
+                repo_id: str | None = None, revision: str | None = None,
+                description: str | None = None) -> ZooEntry:
+    """Write ``<zoo>/<name>.yaml`` from an exported folder's ``config.json`` and regenerate the README.
+
+    The zoo only reads the folder's config; :func:`lightning_emo.hub.publish.add_entry` loads the
+    recognizer first, so that only a model that loads gets listed (use that one).
 
     Args:
         name: the zoo name.
@@ -230,17 +235,12 @@ def add_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike
             directory (so the repository ships it).
         repo_id, revision: the Hub repository and the pinned commit it was pushed as.
         description: one line for the table.
-
-    The model is loaded once first, so only a recognizer that loads gets listed.
     """
-    from lightning_emo.hub.recognizer import Recognizer
-
     d = zoo_dir(zoo)
     model_dir = Path(model_dir).resolve()
     for f in (CONFIG_NAME, WEIGHTS_NAME):
         if not (model_dir / f).is_file():
             raise RecognizerError(f"{model_dir}: no {f}; export the recognizer there first")
-    Recognizer.from_pretrained(model_dir)  # refuse to list a model that does not load
     config = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
     path = None
     if repo_id is None:
@@ -257,20 +257,3 @@ def add_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike
     return entry
 
 
-def export_to_zoo(name: str, checkpoints, fusion: Any = None, *, zoo: str | os.PathLike | None = None,
-                  description: str | None = None, **kwargs: Any) -> ZooEntry:
-    """Export trained checkpoints (+ fusion rule) into ``<zoo>/models/<name>/`` and list it in the zoo.
-
-    ``checkpoints``, ``fusion`` and ``kwargs`` are those of
-    :func:`lightning_emo.hub.export.build_from_checkpoints` (``features``, ``manifest``,
-    ``license``...). The folder holds only ``config.json``, ``model.safetensors`` (heads, and
-    weights only for file-sourced extractors) and ``README.md``. Returns the entry.
-    """
-    from lightning_emo.hub.recognizer import Recognizer
-
-    kwargs.setdefault("name", name)
-    kwargs.setdefault("description", description)
-    model = Recognizer.from_checkpoints(checkpoints, fusion=fusion, **kwargs)
-    out = zoo_dir(zoo) / "models" / name
-    model.save_pretrained(out)
-    return add_entry(name, out, zoo=zoo, description=description)

@@ -63,7 +63,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 def _import_datamodules() -> None:
     """Import the package's datamodules so configs can name them by class name (``FeatureDataModule``)."""
-    for module in ("lightning_emo.data.features", "lightning_emo.data.clips", "lightning_emo.pretrain.asr_data",
+    for module in ("lightning_emo.data.datamodule", "lightning_emo.data.clips", "lightning_emo.pretrain.asr_data",
                    "lightning_emo.pretrain.face_data", "lightning_emo.pretrain.speech", "lightning_emo.pretrain.faces"):
         try:
             __import__(module)

@@ -1,0 +1,1 @@
+"""The sections of ``scripts/benchmark.py``, one module each, over the shared harness (``harness``, ``report``)."""
