@@ -24,7 +24,7 @@ import re
 import sys
 from typing import Callable, Iterator, Sequence
 
-__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "UsageError", "UserError", "command",
+__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "DataError", "UsageError", "UserError", "command",
            "debug_enabled", "describe_parse_error", "find_user_error", "format_error", "present"]
 
 EXIT_BAD_INPUT = 2
@@ -42,6 +42,10 @@ class UserError(Exception):
 
 class UsageError(UserError, ValueError):
     """A command-line value that cannot work; the message names the flag and the value."""
+
+
+class DataError(UserError, ValueError):
+    """Input data that cannot be used as asked (too few classes to fit on, no clips seen); the message says what to do."""
 
 
 class ConfigError(UserError, ValueError):
@@ -99,6 +103,34 @@ _PARSER_KEY = re.compile(r'^Parser key "([^"]+)":?\s*(.*)$')
 _CLASS_PATH = re.compile(r"^Problem with given class_path '([^']+)':")
 _TYPE = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
 _YAML_PLACE = re.compile(r'in "<unicode string>", ')
+_UNKNOWN_OPTION = re.compile(r"^Option '([^']+)' is not accepted")
+
+
+def _parses(path: str) -> bool:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            yaml.safe_load(f)
+        return True
+    except Exception:  # noqa: BLE001 -- unreadable counts as the culprit
+        return False
+
+
+def _suggest(name: str, class_path: str) -> str:
+    """``; did you mean 'hidden_dim'?`` from the class's constructor arguments (best effort)."""
+    import difflib
+    import importlib
+    import inspect
+
+    try:
+        module, _, cls = class_path.rpartition(".")
+        params = [p for p in inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+                  if p not in ("self", "args", "kwargs")]
+    except Exception:  # noqa: BLE001 -- a suggestion only: never fail the message over it
+        return ""
+    close = difflib.get_close_matches(name, params, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f" (accepted: {', '.join(params)})"
 
 
 def describe_parse_error(error: BaseException, command: str, arguments: Sequence[str] = (),
@@ -114,6 +146,7 @@ def describe_parse_error(error: BaseException, command: str, arguments: Sequence
     config_files = [b for a, b in zip(arguments, arguments[1:]) if a in ("--config", "-c")]
     config_files += [a.split("=", 1)[1] for a in arguments if a.startswith("--config=")]
     keys: list[str] = []
+    class_path = None
     last_first = None
     chain = [error]
     while chain[-1].__cause__ is not None and len(chain) < 100:
@@ -129,6 +162,7 @@ def describe_parse_error(error: BaseException, command: str, arguments: Sequence
                 keys.append(m.group(1))
             elif _CLASS_PATH.match(first):
                 keys.append("init_args")
+                class_path = _CLASS_PATH.match(first).group(1)
         reason = text
     m = _PARSER_KEY.match(reason.split("\n", 1)[0])
     if m:  # the innermost level still names its key on its first line: keep only what follows
@@ -139,9 +173,15 @@ def describe_parse_error(error: BaseException, command: str, arguments: Sequence
         reason = _YAML_PLACE.sub("in the YAML, ", reason)
     if keys and keys[-1] == "init_args" and isinstance(chain[-1], (ImportError, AttributeError)):
         keys[-1] = "class_path"  # the class itself could not be imported
+    unknown = _UNKNOWN_OPTION.match(reason)
+    if unknown and class_path:
+        reason += _suggest(unknown.group(1), class_path)
     key = ".".join(k for k in keys if k)
     where = f"--{key}: " if key else ""
-    on_command_line = key and any(str(a).startswith(f"--{key}") for a in arguments)
+    on_command_line = (key and any(str(a).startswith(f"--{key}") for a in arguments)) or \
+        reason.startswith("unrecognized arguments")
+    if "in the YAML" in reason:  # name the file that does not parse
+        config_files = [f for f in config_files if not _parses(f)] or config_files
     configs = f" (config: {', '.join(config_files)})" if config_files and not on_command_line else ""
     prog = f"lightning-emo {command}" if command else "lightning-emo"
     fix = f"`{prog} --help` lists every option and its type"

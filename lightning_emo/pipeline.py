@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning_emo.errors import ConfigError, command, describe_parse_error
 from lightning_emo.utils import atomic_write_text, log, setup_logging
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -108,8 +109,8 @@ def run_protocol(p: Protocol) -> Any:
     from lightning_emo.fusion.report import fuse_report
 
     if not p.audio or not p.video:
-        raise ValueError("the protocol needs at least one audio and one video feature set (config keys "
-                         "'audio' and 'video')")
+        raise ConfigError("the protocol needs at least one audio and one video feature set (config keys "
+                          "'audio' and 'video')")
     out = Path(p.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
@@ -126,8 +127,8 @@ def run_protocol(p: Protocol) -> Any:
         manifest_path = Path(p.manifest)
     manifest = read_manifest(manifest_path)
     if not manifest.has_splits:
-        raise ValueError(f"{manifest_path}: every clip needs a split; run `lightning-emo prepare` to assign "
-                         "speaker-independent splits")
+        raise ConfigError(f"{manifest_path}: every clip needs a split; run `lightning-emo prepare` to assign "
+                          "speaker-independent splits")
     log.info(manifest.summary())
     timings["corpus"] = time.perf_counter() - t
 
@@ -138,8 +139,8 @@ def run_protocol(p: Protocol) -> Any:
                         detector=fs.detector, fps=fs.fps, batch_size=p.batch_size, num_workers=p.num_workers,
                         name=_store_name(fs), select=fs.select, dtype=fs.dtype, trainer=p.extract_trainer or None)
         if (store.modality == "audio") != (modality == "audio"):
-            raise ValueError(f"feature set {name!r} is listed under {modality} but extractor {fs.extractor!r} "
-                             f"is a {store.modality} extractor")
+            raise ConfigError(f"feature set {name!r} is listed under {modality} but extractor {fs.extractor!r} "
+                              f"is a {store.modality} extractor")
         stores[name] = Path(store.path)
     timings["extract"] = time.perf_counter() - t
 
@@ -174,7 +175,7 @@ def resolve_config(path: str) -> Path:
     shipped = CONFIG_DIR.parent / path
     if shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"config {path} not found (looked in {Path.cwd()} and {CONFIG_DIR.parent})")
+    raise ConfigError(f"config {path} not found (looked in {Path.cwd()} and {CONFIG_DIR.parent})")
 
 
 def _store_name(fs: FeatureSet) -> str:
@@ -242,27 +243,34 @@ def _parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="lightning-emo reproduce", description=__doc__.split("\n\n")[0],
-                            default_config_files=None)
+                            default_config_files=None, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a protocol YAML (configs/reproduce/)")
     parser.add_class_arguments(Protocol, nested_key=None, as_group=False)
     return parser
 
 
+@command("reproduce")
 def reproduce_main(argv: list[str] | None = None) -> int:
     """``lightning-emo reproduce --config configs/reproduce/X.yaml [--out DIR] [--print_config]``."""
+    from argparse import ArgumentError
+
     setup_logging()
     parser = _parser()
-    cfg = parser.parse_args(argv)
-    cfg = parser.instantiate(cfg)
+    try:
+        cfg = parser.parse_args(argv)
+        cfg = parser.instantiate(cfg)
+    except ArgumentError as e:
+        raise ConfigError(describe_parse_error(e, "reproduce", sys.argv[1:] if argv is None else argv)) from e
     protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
     run_protocol(protocol)
     return 0
 
 
+@command("demo")
 def demo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo demo [--out DIR]``: the protocol on the built-in synthetic corpus, no download."""
     argv = list(argv or [])
-    return reproduce_main(["--config", str(CONFIG_DIR / "reproduce" / "synthetic.yaml"), *argv])
+    return reproduce_main.__wrapped__(["--config", str(CONFIG_DIR / "reproduce" / "synthetic.yaml"), *argv])
 
 
 if __name__ == "__main__":

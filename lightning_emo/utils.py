@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from lightning_emo.errors import UserError
+from lightning_emo.errors import UsageError, UserError
 
 log = logging.getLogger("lightning_emo")
 
@@ -77,6 +77,65 @@ class LocatedError(UserError, ValueError):
             location += f", {self.kind} '{where}'"
         super().__init__(f"{location}: {message}")
         self.file, self.line, self.where = str(file), line, where
+
+
+def _file_above(path: Path) -> Path | None:
+    """The first existing non-folder among ``path``'s parents (a folder cannot be made under it), or None."""
+    for parent in list(path.parents)[::-1]:
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def output_file(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Check that ``path`` can be written as a file (for option ``flag``) before any work; returns it as a Path.
+
+    Refused with a :class:`~lightning_emo.errors.UsageError`: an existing folder, a path below an
+    existing file, a suffix not in ``suffixes`` (when given).
+    """
+    path = Path(path)
+    if path.is_dir():
+        hint = f", e.g. {path / ('out' + suffixes[0])}" if suffixes else ""
+        raise UsageError(f"{flag} {path}: is a folder; give the path of the file to write{hint}")
+    above = _file_above(path)
+    if above is not None:
+        raise UsageError(f"{flag} {path}: {above} is a file, so nothing can be written below it; give another path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {path}: expected a {' or '.join(suffixes)} file name")
+    return path
+
+
+def output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Check that ``path`` can be (or is) a folder (for option ``flag``) before any work; returns it as a Path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, but a folder is written there; give a folder's path "
+                         "(it is created if needed)")
+    above = _file_above(path)
+    if above is not None:
+        raise UsageError(f"{flag} {path}: {above} is a file, so no folder can be made below it; give another path")
+    return path
+
+
+def check_device(device: str, flag: str = "--device"):
+    """``device`` as a ``torch.device`` if this machine has it; else a UsageError saying what is available."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"{flag} {device!r}: not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{flag} {device}: CUDA is not available on this machine (torch {torch.__version__}"
+                             f"{', built without CUDA' if torch.version.cuda is None else ', no GPU visible'}); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+    return dev
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 
 from lightning_emo.data.checks import check_splits
 from lightning_emo.data.corpora import CORPORA
-from lightning_emo.data.labelmap import LabelMapError, apply_label_map
-from lightning_emo.data.manifest import DEFAULT_RATIOS, ManifestError, assign_splits, read_manifest
+from lightning_emo.data.labelmap import apply_label_map
+from lightning_emo.data.manifest import DEFAULT_RATIOS, assign_splits, read_manifest
+from lightning_emo.errors import UsageError, command
+from lightning_emo.utils import output_file
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
     options = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--option expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         options[key.replace("-", "_")] = value
     return options
 
 
+def check_ratios(ratios) -> None:
+    """Refuse split ratios that would leave a split empty (each of train, val, test must be a positive number)."""
+    if len(ratios) != 3 or not all(math.isfinite(r) and r > 0 for r in ratios):
+        raise UsageError(f"--ratios {' '.join(f'{r:g}' for r in ratios)}: expected three positive numbers (train, val, "
+                         "test), e.g. 0.7 0.15 0.15: training needs train clips, model selection val clips and the "
+                         "reported score test clips")
+
+
+@command("prepare")
 def main(argv: list[str] | None = None) -> int:
     names = ", ".join(CORPORA.names())
     parser = argparse.ArgumentParser(
@@ -49,37 +61,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.label_map and not args.classes:
         parser.error("--label-map needs --classes: the target class list the labels are mapped onto")
-    try:
-        if args.corpus == "manifest":
-            if not args.manifest:
-                parser.error("--corpus manifest needs --manifest IN.csv")
-            manifest = read_manifest(args.manifest, root=args.root, classes=None if args.label_map else args.classes)
-        else:
-            if args.corpus not in CORPORA:
-                parser.error(f"unknown corpus {args.corpus!r}; known: {names}, manifest")
-            prepare = CORPORA.get(args.corpus)
-            options = _parse_options(args.option)
-            accepted = inspect.signature(prepare).parameters
-            for key in options:
-                if key not in accepted:
-                    parser.error(f"adapter {args.corpus!r} has no option {key!r} "
-                                 f"(options: {', '.join(k for k in accepted if k != 'root')})")
-            if args.classes and "classes" in accepted and not args.label_map:
-                options["classes"] = args.classes
-            manifest = prepare(args.root, **options)
-        if args.label_map:
-            manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
-        manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
-                                 by=args.split_by)
-        out = manifest.write(args.out)
-        # Read back what was written: the same validation every other command applies. The
-        # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
-        counted = manifest.notes
-        manifest = read_manifest(out)
-        manifest.notes = counted + [n for n in manifest.notes if n not in counted]
-    except (ManifestError, LabelMapError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    check_ratios(args.ratios)
+    output_file(args.out, "--out", suffixes=(".csv",))
+    if args.corpus == "manifest":
+        if not args.manifest:
+            parser.error("--corpus manifest needs --manifest IN.csv")
+        manifest = read_manifest(args.manifest, root=args.root, classes=None if args.label_map else args.classes)
+    else:
+        if args.corpus not in CORPORA:
+            parser.error(f"unknown corpus {args.corpus!r}; known: {names}, manifest")
+        prepare = CORPORA.get(args.corpus)
+        options = _parse_options(args.option)
+        accepted = inspect.signature(prepare).parameters
+        for key in options:
+            if key not in accepted:
+                parser.error(f"adapter {args.corpus!r} has no option {key!r} "
+                             f"(options: {', '.join(k for k in accepted if k != 'root')})")
+        if args.classes and "classes" in accepted and not args.label_map:
+            options["classes"] = args.classes
+        manifest = prepare(args.root, **options)
+    if args.label_map:
+        manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
+    manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
+                             by=args.split_by)
+    out = manifest.write(args.out)
+    # Read back what was written: the same validation every other command applies. The
+    # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
+    counted = manifest.notes
+    manifest = read_manifest(out)
+    manifest.notes = counted + [n for n in manifest.notes if n not in counted]
     print(manifest.summary())
     print(f"wrote {out}")
     # What training, evaluation and fusion will refuse or weigh less, said now rather than later.

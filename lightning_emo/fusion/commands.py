@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightning_emo.data.predictions import PredictionsError
+from lightning_emo.errors import command
 from lightning_emo.fusion.report import DEFAULT_RULES, expand_rules, fuse_report
 from lightning_emo.fusion.rules import RULES
-from lightning_emo.utils import log, setup_logging
+from lightning_emo.utils import log, output_dir, setup_logging
 
 EPILOG = """\
 examples:
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("fuse")
 def main(argv: list[str] | None = None) -> int:
     """Run ``lightning-emo fuse``; returns 0, or 2 with a message on stderr for bad input."""
     parser = build_parser()
@@ -70,12 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         expand_rules(args.rules)
     except KeyError as e:
         parser.error(str(e.args[0]))
-    try:
-        report = fuse_report(models, modalities, rules=args.rules, calibrate=args.calibrate,
-                             fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split)
-    except (PredictionsError, ValueError) as e:
-        print(f"lightning-emo fuse: {e}", file=sys.stderr)
-        return 2
+    output_dir(args.out, "--out")
+    report = fuse_report(models, modalities, rules=args.rules, calibrate=args.calibrate,
+                         fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split)
     written = report.write(args.out, png=not args.no_png)
     if not args.quiet:
         print(report.markdown())

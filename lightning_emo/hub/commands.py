@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from lightning_emo.utils import atomic_write_text, setup_logging
+from lightning_emo.errors import EXIT_BAD_INPUT, command, present
+from lightning_emo.utils import atomic_write_text, check_device, output_dir, output_file, setup_logging
 
 __all__ = ["export_main", "infer_main", "push_main", "zoo_main"]
 
@@ -42,9 +43,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      + [fmt.format(*map(str, r)) for r in rows])
 
 
-def _fail(command: str, error: Exception, code: int = 1) -> int:
-    print(f"lightning-emo {command}: {error}", file=sys.stderr)
-    return code
+def _fail(command: str, error: Exception) -> int:
+    """One paragraph on stderr (:func:`lightning_emo.errors.present`); -> exit status 2."""
+    return present(command, error)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -63,6 +64,7 @@ trained with; without them give --detector (and --fps). Writes config.json, mode
 """
 
 
+@command("export")
 def export_main(argv: list[str] | None = None) -> int:
     """``lightning-emo export``: trained checkpoints (+ fusion rule) -> a recognizer folder in the Hub layout."""
     p = argparse.ArgumentParser(prog="lightning-emo export", description=export_main.__doc__,
@@ -162,6 +164,7 @@ def export_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- push
 
 
+@command("push")
 def push_main(argv: list[str] | None = None) -> int:
     """``lightning-emo push``: upload an exported recognizer folder to the Hugging Face Hub."""
     p = argparse.ArgumentParser(
@@ -214,6 +217,7 @@ def _top(p, classes) -> str:
     return f"{classes[i]} {float(p[i]):.2f}"
 
 
+@command("infer")
 def infer_main(argv: list[str] | None = None) -> int:
     """``lightning-emo infer``: recognise emotions in media files (per clip, or over time with --timeline)."""
     p = argparse.ArgumentParser(
@@ -239,6 +243,13 @@ def infer_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.timeline and not (args.window > 0 and 0 < args.hop):
         p.error("--window and --hop must be positive")
+    # outputs and the device are checked before the model loads or any file is read
+    for flag, value in (("--json", args.json), ("--csv", args.csv)):
+        if value:
+            output_file(value, flag, suffixes=(f".{flag[2:]}",))
+    if args.timeline:
+        output_dir(args.out, "--out")
+    check_device(args.device, "--device")
     setup_logging()
     from lightning_emo.data.media import MediaError
     from lightning_emo.hub.config import RecognizerError
@@ -260,8 +271,8 @@ def infer_main(argv: list[str] | None = None) -> int:
     for f in args.files:
         try:
             preds.append(model.predict(f))
-        except (MediaError, RecognizerError) as e:
-            print(f"lightning-emo infer: {e}", file=sys.stderr)
+        except (MediaError, RecognizerError) as e:  # the other files' results are still written
+            present("infer", e)
             failed += 1
     if not args.quiet and preds:
         header = ["file", "label", "confidence", *mods, "missing"]
@@ -274,7 +285,7 @@ def infer_main(argv: list[str] | None = None) -> int:
                                                  "predictions": [pr.to_dict() for pr in preds]}, indent=1) + "\n")
     if args.csv:
         atomic_write_text(args.csv, _prediction_rows(preds, classes, mods))
-    return 1 if failed else 0
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def _infer_timeline(model, args) -> int:
@@ -286,8 +297,8 @@ def _infer_timeline(model, args) -> int:
     for f in args.files:
         try:
             rows = list(model.timeline(f, window=args.window, hop=args.hop))
-        except MediaError as e:
-            print(f"lightning-emo infer: {e}", file=sys.stderr)
+        except (MediaError, RecognizerError) as e:
+            present("infer", e)
             failed += 1
             continue
         written = write_timeline(rows, model.classes, model.modalities, out / Path(f).stem, png=not args.no_plot,
@@ -301,12 +312,13 @@ def _infer_timeline(model, args) -> int:
             print(f"{f}: {len(rows)} windows of {args.window:g} s every {args.hop:g} s")
             print(_table(header, table))
         print(f"wrote {', '.join(str(w) for w in written)}")
-    return 1 if failed else 0
+    return EXIT_BAD_INPUT if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------- zoo
 
 
+@command("zoo")
 def zoo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo zoo``: list the model zoo (or add an entry, or check/regenerate its README)."""
     p = argparse.ArgumentParser(prog="lightning-emo zoo", description=zoo_main.__doc__)

@@ -48,6 +48,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from lightning_emo.errors import ConfigError, UserError, command, describe_parse_error, find_user_error
 from lightning_emo.models.module import EmotionModule
 from lightning_emo.models.writer import PredictionsWriter
+from lightning_emo.registry import UnknownNameError
 from lightning_emo.utils import setup_logging
 
 # datamodule attribute -> EmotionModule argument (same name)
@@ -124,9 +125,8 @@ class EmotionCLI(LightningCLI):
             if isinstance(e, ArgumentError):
                 raise ConfigError(f"--ckpt_path {ckpt_path}: its hyper-parameters do not fit the config: "
                                   f"{describe_parse_error(e, subcommand, print_config=False)}") from e
-            reason = str(e).strip().split("\n", 1)[0][:200]
-            raise ConfigError(f"--ckpt_path {ckpt_path}: not a readable Lightning checkpoint "
-                              f"({type(e).__name__}: {reason}). Give a .ckpt a `fit` run saved.") from e
+            raise ConfigError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (torch.load could not read it: "
+                              f"{type(e).__name__}). Give a .ckpt a `fit` run saved (<run>/checkpoints/).") from e
 
     def instantiate_classes(self) -> None:
         try:
@@ -134,7 +134,10 @@ class EmotionCLI(LightningCLI):
         except UserError:
             raise
         except (ValueError, KeyError, MisconfigurationException) as e:
-            if find_user_error(e) is not None:
+            found = find_user_error(e)
+            if isinstance(found, UnknownNameError) and _section(e):  # `head: lstmm`: say where it was configured
+                raise ConfigError(f"{_section(e)}: {found}") from e
+            if found is not None:
                 raise
             # a constructor (or the Trainer) rejected a configured value: name the section
             inner = e
