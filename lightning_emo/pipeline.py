@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning_emo.errors import ConfigError, command, describe_parse_error
+from lightning_emo.configs import resolve_config, resolve_config_args
 from lightning_emo.utils import atomic_write_text, log, setup_logging
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+__all__ = ["FeatureSet", "Protocol", "SynthOptions", "demo_main", "reproduce_main", "resolve_config",
+           "run_protocol", "train_and_predict"]
 
 
 @dataclass
@@ -43,7 +45,8 @@ class FeatureSet:
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
         dtype: the stored dtype; ``float32`` for features beyond float16's range (openSMILE's).
-        train_config: the ``lightning-emo fit`` config of the head; default: the protocol's.
+        train_config: the ``lightning-emo fit`` config of the head (a file, or a shipped name such as
+            ``experiment/hubert.yaml``); default: the protocol's.
     """
 
     extractor: str
@@ -58,11 +61,17 @@ class FeatureSet:
 
 @dataclass
 class SynthOptions:
-    """Arguments of :func:`lightning_emo.data.synthetic.synthesize` for the built-in corpus."""
+    """Arguments of :func:`lightning_emo.data.synthetic.synthesize` for the built-in corpus.
+
+    A quick look (seconds, not a minute): ``--synth.clips_per_class 4 --synth.num_speakers 6
+    --synth.size 64 --synth.max_speech 2``.
+    """
 
     clips_per_class: int = 30
     seed: int = 0
     num_speakers: int = 10
+    size: int = 112
+    max_speech: float = 4.8
 
 
 @dataclass
@@ -88,7 +97,7 @@ class Protocol:
     synth: SynthOptions = field(default_factory=SynthOptions)
     audio: dict[str, FeatureSet] = field(default_factory=dict)
     video: dict[str, FeatureSet] = field(default_factory=dict)
-    train_config: str = str(CONFIG_DIR / "experiment" / "synthetic_audio.yaml")
+    train_config: str = "experiment/synthetic_audio.yaml"
     train_args: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=lambda: ["lr", "ensemble", "prior", "cascade"])
     calibrate: bool = False
@@ -122,7 +131,8 @@ def run_protocol(p: Protocol) -> Any:
         from lightning_emo.data.synthetic import synthesize
 
         manifest_path = synthesize(out / "corpus", clips_per_class=p.synth.clips_per_class, seed=p.synth.seed,
-                                   num_speakers=p.synth.num_speakers, progress=True)
+                                   num_speakers=p.synth.num_speakers, size=p.synth.size,
+                                   max_speech=p.synth.max_speech, progress=True)
     else:
         manifest_path = Path(p.manifest)
     manifest = read_manifest(manifest_path)
@@ -165,17 +175,6 @@ def run_protocol(p: Protocol) -> Any:
     log.info("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     log.info(f"tables, fused predictions and the confusion matrix: {out / 'fusion'}")
     return report
-
-
-def resolve_config(path: str) -> Path:
-    """A config path as given, else relative to the repository's ``configs/`` parent (shipped configs)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    shipped = CONFIG_DIR.parent / path
-    if shipped.is_file():
-        return shipped
-    raise ConfigError(f"config {path} not found (looked in {Path.cwd()} and {CONFIG_DIR.parent})")
 
 
 def _store_name(fs: FeatureSet) -> str:
@@ -244,23 +243,29 @@ def _parser():
 
     parser = ArgumentParser(prog="lightning-emo reproduce", description=__doc__.split("\n\n")[0],
                             default_config_files=None, exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="a protocol YAML (configs/reproduce/)")
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="a protocol YAML: a file, or a shipped name such as reproduce/synthetic.yaml "
+                             "(lightning-emo configs list reproduce)")
     parser.add_class_arguments(Protocol, nested_key=None, as_group=False)
     return parser
 
 
 @command("reproduce")
 def reproduce_main(argv: list[str] | None = None) -> int:
-    """``lightning-emo reproduce --config configs/reproduce/X.yaml [--out DIR] [--print_config]``."""
+    """``lightning-emo reproduce --config reproduce/X.yaml [--out DIR] [--print_config]``.
+
+    ``--config`` is a file or a shipped config's name (:func:`lightning_emo.configs.resolve_config`).
+    """
     from argparse import ArgumentError
 
     setup_logging()
     parser = _parser()
+    args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        cfg = parser.parse_args(argv)
+        cfg = parser.parse_args(args)
         cfg = parser.instantiate(cfg)
     except ArgumentError as e:
-        raise ConfigError(describe_parse_error(e, "reproduce", sys.argv[1:] if argv is None else argv)) from e
+        raise ConfigError(describe_parse_error(e, "reproduce", args)) from e
     protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
     run_protocol(protocol)
     return 0
@@ -270,7 +275,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
 def demo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo demo [--out DIR]``: the protocol on the built-in synthetic corpus, no download."""
     argv = list(argv or [])
-    return reproduce_main.__wrapped__(["--config", str(CONFIG_DIR / "reproduce" / "synthetic.yaml"), *argv])
+    return reproduce_main.__wrapped__(["--config", "reproduce/synthetic.yaml", *argv])  # errors named `demo`
 
 
 if __name__ == "__main__":

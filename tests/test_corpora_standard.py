@@ -87,7 +87,7 @@ def test_iemocap_four_classes_sessions_and_counts(iemocap):
 
 
 def test_iemocap_options(iemocap):
-    all_ = CORPORA.build("iemocap", root=iemocap, classes="all", excited="class")
+    all_ = CORPORA.build("iemocap", root=iemocap, label_set="all", excited="class")
     assert all_.classes == ["neutral", "happy", "excited", "sad", "angry", "frustrated", "surprised", "fear", "disgust"]
     assert Counter(c.label for c in all_)["excited"] == 10 and Counter(c.label for c in all_)["frustrated"] == 10
     dropped = CORPORA.build("iemocap", root=iemocap, excited="drop")
@@ -102,6 +102,17 @@ def test_iemocap_options(iemocap):
     assert load_audio(video.media_path(clip), start=clip.start, end=clip.end).shape[0] == pytest.approx(0.2 * SR, abs=2)
     with pytest.raises(ValueError, match="excited must be one of merge, drop, class"):
         CORPORA.build("iemocap", root=iemocap, excited="yes")
+
+
+
+def test_prepare_refuses_a_bad_adapter_option_value_as_a_usage_error(iemocap, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "--corpus", "iemocap", "--root", str(iemocap), "--out", str(tmp_path / "m.csv"),
+              "--option", "excited=yes"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--corpus iemocap: iemocap option excited must be one of merge, drop, class, got 'yes'" in err
+    assert "Traceback" not in err and not (tmp_path / "m.csv").exists()
 
 
 def test_iemocap_prepare_splits_by_session(iemocap, tmp_path, capsys):
@@ -264,15 +275,17 @@ def test_msp_podcast_consensus_splits_and_counts(msp, tmp_path, capsys):
     assert m.classes == ["neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "contempt"]
     notes = " | ".join(m.notes)
     assert "no agreement (X): " in notes and "other (O): " in notes
-    assert "left out the other test sets: Test2: " in notes and "left out 1 labelled turns whose file is missing" in notes
-    counted = [int(x) for x in re.findall(r"(?:\(X\)|\(O\)|Test2): (\d+)|left out (\d+) labelled", notes) for x in x if x]
+    assert "left out the other test sets: Test2: " in notes
+    assert "left out 1 labelled turns whose file is missing" in notes
+    found = re.findall(r"(?:\(X\)|\(O\)|Test2): (\d+)|left out (\d+) labelled", notes)
+    counted = [int(x) for pair in found for x in pair if x]
     assert len(m) + sum(counted) == 80  # every row of the label file is kept or counted
     clip = m.by_id()["MSP-PODCAST_0003_0004"]
     assert clip.path == "Audios/MSP-PODCAST_0003_0004.wav" and clip.speaker == "spk103" and clip.group == "podcast0003"
     assert clip.label == "contempt" and clip.split == "test"  # Test1 is the test set by default
     assert all(c.speaker == "" and c.split == "train" for c in m if c.group == "podcast0008")
     assert {c.split for c in m} == {"train", "val", "test"}
-    test2 = CORPORA.build("msp-podcast", root=msp, test_set="Test2", other="class", classes="4")
+    test2 = CORPORA.build("msp-podcast", root=msp, test_set="Test2", other="class", label_set="4")
     assert test2.classes == ["neutral", "happy", "sad", "angry", "other"]
     assert Counter(c.split for c in test2)["test"] > 0 and "other" in {c.label for c in test2}
     out = tmp_path / "msp.csv"

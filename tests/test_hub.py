@@ -346,12 +346,12 @@ def test_push_refuses_offline_without_token_and_hides_hub_errors(tiny, tmp_path,
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
-    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 1
+    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 2
     assert "no Hugging Face token" in capsys.readouterr().err
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 1
+    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 2
     assert "offline" in capsys.readouterr().err
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -363,13 +363,13 @@ def test_push_refuses_offline_without_token_and_hides_hub_errors(tiny, tmp_path,
         raise HfHubHTTPError(f"401 Unauthorized for token {api.token}", response=response)
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)
-    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 1
+    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 2
     err = capsys.readouterr().err
     assert "push to org/tiny failed" in err and TOKEN not in err
 
     broken = tmp_path / "not-a-model"
     broken.mkdir()
-    assert cli_main(["push", str(broken), "--repo-id", "org/tiny"]) == 1
+    assert cli_main(["push", str(broken), "--repo-id", "org/tiny"]) == 2
     assert "lightning-emo export" in capsys.readouterr().err
 
 

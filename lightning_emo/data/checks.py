@@ -153,6 +153,9 @@ def check_splits(
     all_speakers = set().union(*speakers.values()) if speakers else set()
     fix_splits = ("reassign splits with `lightning-emo prepare --resplit` (or fill the split column of the "
                   "manifest)")
+    if records and not all_speakers:  # a clip split of a small corpus is the usual way to get here
+        fix_splits += (", naming each clip's speaker first (folder corpora: `--option speaker_pattern=REGEX`, "
+                       "its first group in the file name is the speaker) or with other --ratios TRAIN VAL TEST")
     warnings: list[str] = []
 
     def refuse(split: str, message: str) -> None:

@@ -95,8 +95,18 @@ def build_extractor(name: str, frozen: bool = True, **options) -> Extractor:
 
 
 def torch_hub_checkpoint(filename: str) -> Path:
-    """Where torch.hub (and so torchaudio and facenet-pytorch) caches a downloaded checkpoint."""
+    """Where torch.hub (and so torchaudio) caches a downloaded checkpoint: ``$TORCH_HOME/hub/checkpoints/<file>``.
+
+    facenet-pytorch keeps its files elsewhere (``$TORCH_HOME/checkpoints``): see
+    :func:`lightning_emo.extractors.weights.cache_path`.
+    """
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+# Registered name -> where its default weights come from (``extract --list``); filled by the extractor modules.
+DEFAULT_WEIGHTS: dict[str, WeightsSource] = {}
+NO_PUBLIC_WEIGHTS = WeightsSource(kind="file", uri="no public weights: a file you trained (--weights PATH) or a Hub "
+                                                   "repo (--option repo_id=ORG/NAME)")
 
 
 def resolve_weights(
@@ -105,13 +115,21 @@ def resolve_weights(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
 ) -> Path:
-    """Find the weight file for ``source`` on this machine.
+    """Find the weight file for ``source`` on this machine, downloading it on first use.
 
     Order: an explicit ``path``; for ``hf-hub``/``timm`` sources, huggingface_hub's cache
-    (downloading unless offline or ``local_files_only``); for ``torchaudio``/``facenet``
-    sources, torch.hub's checkpoint cache. A missing file raises
-    :class:`WeightsNotFoundError` saying where to put it.
+    (downloading from ``HF_ENDPOINT`` unless offline or ``local_files_only``); for
+    ``torchaudio``/``facenet`` sources, the upstream library's own cache, downloading from the
+    upstream URL or ``$LIGHTNING_EMO_WEIGHTS_URL`` unless offline
+    (:mod:`lightning_emo.extractors.weights`).
+
+    Raises:
+        WeightsNotFoundError: not on this machine and not downloadable (offline, no such file);
+            the message names the file, where it was looked for and where it would come from.
+        WeightsDownloadError: the download failed (refused, timed out, HTTP error, corrupt).
     """
+    from lightning_emo.extractors import weights as weights_mod
+
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
@@ -124,26 +142,10 @@ def resolve_weights(
         raise WeightsNotFoundError(f"{source.uri or 'this extractor'} loads weights from a local file: pass its path "
                                    f"(weights=PATH / --weights PATH)")
     if source.kind in ("hf-hub", "timm"):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            p = Path(hf_hub_download(source.uri, source.filename, revision=source.revision, cache_dir=cache_dir,
-                                     local_files_only=bool(local_files_only)))
-        except (LocalEntryNotFoundError, OSError) as e:
-            raise WeightsNotFoundError(
-                f"weights {source.uri}/{source.filename}@{source.revision or 'main'} are not in the Hugging Face cache "
-                f"and cannot be downloaded ({type(e).__name__}). Download them where there is a network "
-                f"(huggingface-cli download {source.uri} {source.filename} --revision {source.revision or 'main'}) "
-                f"and copy the cache, or pass a local file with weights=PATH.") from None
-        _check_digest(p, source)
-        return p
-    # torchaudio / facenet: torch.hub's checkpoint cache, where their own loaders put files.
-    p = torch_hub_checkpoint(source.filename)
-    if not p.is_file():
-        raise WeightsNotFoundError(
-            f"weights {source.filename} ({source.kind} {source.uri}) not found at {p}. Copy the file there "
-            f"(or set TORCH_HOME), or pass a local file with weights=PATH.")
+        p = weights_mod.hub_file(source, cache_dir=cache_dir,
+                                 local_files_only=bool(local_files_only) or weights_mod.is_offline())
+    else:
+        p = weights_mod.fetch(source)
     _check_digest(p, source)
     return p
 

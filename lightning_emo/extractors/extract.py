@@ -492,6 +492,28 @@ def _parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def list_extractors() -> str:
+    """One line per registered extractor: its name, where its default weights come from, and whether they are cached."""
+    from lightning_emo.extractors.base import DEFAULT_WEIGHTS
+    from lightning_emo.extractors.weights import describe_source, is_cached
+
+    register_extractors()
+    names = EXTRACTORS.names()
+    width = max(map(len, names))
+    lines = []
+    for name in names:
+        source = DEFAULT_WEIGHTS.get(name)
+        if source is None:
+            lines.append(f"{name.ljust(width)}  no weights")
+            continue
+        state = ""
+        if source.kind in ("torchaudio", "facenet", "hf-hub", "timm"):
+            found = is_cached(source)
+            state = f"  [cached: {found}]" if found else "  [not cached: downloads on first use]"
+        lines.append(f"{name.ljust(width)}  {describe_source(source)}{state}")
+    return "\n".join(lines)
+
+
 def build_parser():
     """The ``lightning-emo extract`` parser (jsonargparse; ``pl.Trainer`` arguments under ``--trainer.*``)."""
     from jsonargparse import ArgumentParser
@@ -538,7 +560,12 @@ def build_parser():
     parser.add_argument("--commit-every", type=int, default=16,
                         help="clips per commit (a killed run loses at most these)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the feature selection")
-    parser.add_argument("--list", action="store_true", help="list the registered extractors and exit")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download weights (also: HF_HUB_OFFLINE=1); a missing file is an error naming "
+                        "the file, the cache path and its URL")
+    parser.add_argument("--list", action="store_true",
+                        help="list the registered extractors, where their weights come from and whether they are "
+                        "cached, and exit")
     parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False, fail_untyped=False,
                                skip={"callbacks", "logger", "precision", "enable_progress_bar", "max_epochs",
                                      "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
@@ -558,8 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     from argparse import ArgumentError
 
     if argv is not None and "--list" in argv:
-        register_extractors()
-        print("\n".join(EXTRACTORS.names()))
+        print(list_extractors())
         return 0
     parser = build_parser()
     try:
@@ -569,6 +595,17 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(describe_parse_error(e, "extract", sys.argv[1:] if argv is None else argv,
                                                print_config=False)) from e
     setup_logging()
+    from lightning_emo.extractors.weights import set_offline
+
+    previous = set_offline(True) if cfg.offline else None
+    try:
+        return _run(parser, cfg)
+    finally:
+        if previous is not None:
+            set_offline(previous)
+
+
+def _run(parser, cfg) -> int:
     if cfg.name and len(cfg.extractor) > 1:
         raise UsageError("--name works with one --extractor only")
     if cfg.select is not None and cfg.select < 1:

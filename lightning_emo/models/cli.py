@@ -21,7 +21,8 @@ The last two read emotion posteriors and are dropped for other LightningModules.
 Defaults: a CSV logger under ``runs/`` (TensorBoard and wandb loggers: ``configs/logger/``),
 ``seed_everything: 0`` and ``trainer.deterministic: warn`` (same seed, same metrics on CPU for
 a fixed number of threads), the resolved config saved as ``config.yaml`` in the run directory.
-Multi-GPU: ``--trainer.devices N --trainer.strategy ddp``.
+Multi-GPU: ``--trainer.devices N --trainer.strategy ddp``. ``--config`` takes a file or the name of
+a shipped config (``experiment/hubert.yaml``, see :mod:`lightning_emo.configs`) from any folder.
 
 Usage::
 
@@ -101,14 +102,6 @@ class EmotionCLI(LightningCLI):
     arguments as one naming the section; the package's own errors pass as they are.
     """
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        try:
-            super().parse_arguments(parser, args)
-        except ArgumentError as e:
-            subcommand = args[0] if isinstance(args, (list, tuple)) and args else (sys.argv[1:2] or [""])[0]
-            arguments = args if isinstance(args, (list, tuple)) else sys.argv[1:]
-            raise ConfigError(describe_parse_error(e, subcommand, arguments)) from e
-
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -157,6 +150,24 @@ class EmotionCLI(LightningCLI):
             emotion_only = tuple(c for c in (PredictionsWriter, _fusion_callback()) if c is not None)
             callbacks = [c for c in callbacks if not isinstance(c, emotion_only)]
         return super()._instantiate_trainer(config, callbacks)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse with every ``--config`` resolved first: a shipped name (``experiment/hubert.yaml``) works from any folder.
+
+        A parse error becomes one :class:`~lightning_emo.errors.ConfigError` naming the key.
+        """
+        from lightning_emo.configs import resolve_config_args
+
+        arguments = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, (list, tuple)) \
+            else []
+        try:
+            if args is None or isinstance(args, (list, tuple)):
+                # args None: the console script's own command line (also what DDP relaunches with)
+                self.config = parser.parse_args(resolve_config_args(arguments))
+            else:
+                super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            raise ConfigError(describe_parse_error(e, arguments[0] if arguments else "", arguments)) from e
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -66,13 +66,13 @@ def parse_line(line: str) -> tuple[float, float, str, str, str, str] | None:
 
 
 @CORPORA.register("iemocap")
-def prepare(root: str | Path, classes: str = "4", excited: str = "merge", dialogs: str = "all",
+def prepare(root: str | Path, label_set: str = "4", excited: str = "merge", dialogs: str = "all",
             media: str = "audio") -> Manifest:
     """Build an IEMOCAP manifest; clips labelled xxx/oth or outside the class set are counted and skipped.
 
     Args:
         root: ``IEMOCAP_full_release`` (or the folder holding it).
-        classes: ``"4"`` (neutral, happy, sad, angry: the common protocol) or ``"all"`` (the
+        label_set: ``"4"`` (neutral, happy, sad, angry: the common protocol) or ``"all"`` (the
             nine labels other than oth/xxx).
         excited: ``"merge"`` counts exc as happy (the common protocol), ``"drop"`` leaves it
             out (counted), ``"class"`` keeps it as its own class ``excited``.
@@ -80,7 +80,7 @@ def prepare(root: str | Path, classes: str = "4", excited: str = "merge", dialog
         media: ``"audio"`` (the utterance WAVs) or ``"video"`` (the dialog AVI, cut to the
             utterance).
     """
-    for name, value, allowed in (("classes", classes, ("4", "all")), ("excited", excited, ("merge", "drop", "class")),
+    for name, value, allowed in (("label_set", label_set, ("4", "all")), ("excited", excited, ("merge", "drop", "class")),
                                  ("dialogs", dialogs, ("all", "improvised", "scripted")),
                                  ("media", media, ("audio", "video"))):
         if value not in allowed:
@@ -91,7 +91,7 @@ def prepare(root: str | Path, classes: str = "4", excited: str = "merge", dialog
     if not sessions:
         raise ManifestError(root, "no IEMOCAP sessions found (expected IEMOCAP_full_release/Session1..5/dialog/"
                             "EmoEvaluation/*.txt)")
-    names = list(CLASSES_4 if classes == "4" else CLASSES_ALL)
+    names = list(CLASSES_4 if label_set == "4" else CLASSES_ALL)
     if excited == "class" and "excited" not in names:
         names.insert(names.index("happy") + 1, "excited")
     if excited != "class" and "excited" in names:
@@ -140,15 +140,17 @@ def prepare(root: str | Path, classes: str = "4", excited: str = "merge", dialog
                     missing += 1
                     continue
                 clips.append(Clip(utt, path.relative_to(root).as_posix(), label, "", speaker, *times, group=session))
-    notes = [f"{len(clips)} utterances from {', '.join(sessions)} (classes={classes}, excited={excited}, "
+    notes = [f"{len(clips)} utterances from {', '.join(sessions)} (label_set={label_set}, excited={excited}, "
              f"dialogs={dialogs}, media={media})"]
     if skipped:
         notes.append(f"left out {sum(skipped.values())} utterances with labels outside the class set: "
                      + ", ".join(f"{k}: {v}" for k, v in skipped.most_common()))
     if filtered:
-        notes.append(f"left out {filtered} utterances of {'scripted' if dialogs == 'improvised' else 'improvised'} dialogs")
+        other_kind = "scripted" if dialogs == "improvised" else "improvised"
+        notes.append(f"left out {filtered} utterances of {other_kind} dialogs")
     if missing:
-        notes.append(f"left out {missing} labelled utterances whose {'WAV' if media == 'audio' else 'AVI'} file is missing")
+        kind = "WAV" if media == "audio" else "AVI"
+        notes.append(f"left out {missing} labelled utterances whose {kind} file is missing")
     if len(sessions) < len(SESSIONS):
         notes.append(f"sessions found: {', '.join(sessions)} (of Session1..5)")
     if not clips:

@@ -86,7 +86,8 @@ def prepare(root: str | Path, splits: str = "train,dev,test") -> Manifest:
         csv_name, folder_name, split = SPLITS[name]
         csv_path = _find(root, csv_name, folder=False)
         if csv_path is None:
-            raise ManifestError(root, f"MELD label file {csv_name} not found (expected it in {root} or one folder below)")
+            raise ManifestError(root, f"MELD label file {csv_name} not found (expected it in {root} or one "
+                                "folder below)")
         folder = _find(root, folder_name, folder=True)
         if folder is None:
             raise ManifestError(root, f"MELD video folder {folder_name}/ not found (expected it in {root} or one "

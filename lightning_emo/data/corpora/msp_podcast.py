@@ -41,7 +41,7 @@ _PODCAST = re.compile(r"^MSP-PODCAST_(\d+)_\d+")
 
 
 @CORPORA.register("msp-podcast")
-def prepare(root: str | Path, labels: str | Path | None = None, test_set: str = "Test1", classes: str = "8",
+def prepare(root: str | Path, labels: str | Path | None = None, test_set: str = "Test1", label_set: str = "8",
             other: str = "skip") -> Manifest:
     """Build an MSP-Podcast manifest from ``Labels/labels_consensus.csv`` and ``Audios/``.
 
@@ -50,11 +50,11 @@ def prepare(root: str | Path, labels: str | Path | None = None, test_set: str = 
         labels: another consensus label file (default ``root/Labels/labels_consensus.csv``).
         test_set: which split set is the manifest's ``test`` (Test1, Test2 or Test3); the
             other test sets are left out (counted).
-        classes: ``"8"`` (the eight primary emotions) or ``"4"`` (neutral, happy, sad, angry;
+        label_set: ``"8"`` (the eight primary emotions) or ``"4"`` (neutral, happy, sad, angry;
             the other emotions are counted and skipped).
         other: ``"skip"`` (O counted and skipped) or ``"class"`` (``other`` as a class).
     """
-    for name, value, allowed in (("test_set", test_set, TEST_SETS), ("classes", classes, ("8", "4")),
+    for name, value, allowed in (("test_set", test_set, TEST_SETS), ("label_set", label_set, ("8", "4")),
                                  ("other", other, ("skip", "class"))):
         if value not in allowed:
             raise ValueError(f"msp-podcast option {name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -63,7 +63,7 @@ def prepare(root: str | Path, labels: str | Path | None = None, test_set: str = 
     if not label_file.is_file():
         raise ManifestError(label_file, "MSP-Podcast label file not found (expected Labels/labels_consensus.csv "
                             "with columns FileName,EmoClass,...,SpkrID,Gender,Split_Set)")
-    names = list(CLASSES if classes == "8" else CLASSES_4) + (["other"] if other == "class" else [])
+    names = list(CLASSES if label_set == "8" else CLASSES_4) + (["other"] if other == "class" else [])
     split_of = dict(SPLIT_SETS, **{test_set: "test"})
     skipped: Counter = Counter()
     other_sets: Counter = Counter()
