@@ -9,14 +9,10 @@ import sys
 
 from lightning_emo.data.checks import CorpusError, check_splits
 from lightning_emo.data.corpora import CORPORA
-<<<<<<< HEAD
 from lightning_emo.data.labelmap import apply_label_map
-from lightning_emo.data.manifest import DEFAULT_RATIOS, assign_splits, read_manifest
-from lightning_emo.errors import UsageError, command
+from lightning_emo.data.manifest import DEFAULT_RATIOS, SPLITS, Manifest, assign_splits, read_manifest
+from lightning_emo.errors import UsageError, UserError, command
 from lightning_emo.utils import output_file
-=======
-from lightning_emo.data.labelmap import LabelMapError, apply_label_map
-from lightning_emo.data.manifest import DEFAULT_RATIOS, SPLITS, Manifest, ManifestError, assign_splits, read_manifest
 
 SPEAKER_HINT = ("--option speaker_pattern=REGEX (its first group, searched in each file name, is the speaker: "
                 "'^([^_]+)_' reads spk01 from spk01_0003.wav)")
@@ -52,7 +48,6 @@ def check_assigned_splits(manifest: Manifest, ratios, source) -> None:
     raise CorpusError(source, f"no clips in split {' or '.join(map(repr, empty))} after assigning splits "
                       f"({have} clips): checkpoints are selected on validation clips and scored on test clips. "
                       f"{fix}. Nothing was written.", where=empty[0])
->>>>>>> main
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -66,11 +61,11 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def check_ratios(ratios) -> None:
-    """Refuse split ratios that would leave a split empty (each of train, val, test must be a positive number)."""
-    if len(ratios) != 3 or not all(math.isfinite(r) and r > 0 for r in ratios):
-        raise UsageError(f"--ratios {' '.join(f'{r:g}' for r in ratios)}: expected three positive numbers (train, val, "
-                         "test), e.g. 0.7 0.15 0.15: training needs train clips, model selection val clips and the "
-                         "reported score test clips")
+    """Refuse split ratios that cannot split a corpus: negative or non-finite ones, or no share for train."""
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or not ratios[0] > 0:
+        raise UsageError(f"--ratios {' '.join(f'{r:g}' for r in ratios)}: expected three non-negative numbers (train, "
+                         "val, test) with a positive train share, e.g. 0.7 0.1 0.2 (0 leaves a split out: "
+                         "0.8 0.2 0 writes no test split)")
 
 
 @command("prepare")
@@ -103,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.label_map and not args.classes:
         parser.error("--label-map needs --classes: the target class list the labels are mapped onto")
-<<<<<<< HEAD
     check_ratios(args.ratios)
     output_file(args.out, "--out", suffixes=(".csv",))
     if args.corpus == "manifest":
@@ -122,58 +116,25 @@ def main(argv: list[str] | None = None) -> int:
                              f"(options: {', '.join(k for k in accepted if k != 'root')})")
         if args.classes and "classes" in accepted and not args.label_map:
             options["classes"] = args.classes
-        manifest = prepare(args.root, **options)
+        try:
+            manifest = prepare(args.root, **options)
+        except UserError:
+            raise
+        except ValueError as e:  # an option value the adapter does not know: a usage error
+            parser.error(f"--corpus {args.corpus}: {e}")
     if args.label_map:
         manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
+    assigning = args.resplit or any(not c.split for c in manifest.clips)
     manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
                              by=args.split_by)
+    if assigning:
+        check_assigned_splits(manifest, args.ratios, args.manifest or args.root)
     out = manifest.write(args.out)
     # Read back what was written: the same validation every other command applies. The
     # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
     counted = manifest.notes
     manifest = read_manifest(out)
     manifest.notes = counted + [n for n in manifest.notes if n not in counted]
-=======
-    try:
-        if args.corpus == "manifest":
-            if not args.manifest:
-                parser.error("--corpus manifest needs --manifest IN.csv")
-            manifest = read_manifest(args.manifest, root=args.root, classes=None if args.label_map else args.classes)
-        else:
-            if args.corpus not in CORPORA:
-                parser.error(f"unknown corpus {args.corpus!r}; known: {names}, manifest")
-            prepare = CORPORA.get(args.corpus)
-            options = _parse_options(args.option)
-            accepted = inspect.signature(prepare).parameters
-            for key in options:
-                if key not in accepted:
-                    parser.error(f"adapter {args.corpus!r} has no option {key!r} "
-                                 f"(options: {', '.join(k for k in accepted if k != 'root')})")
-            if args.classes and "classes" in accepted and not args.label_map:
-                options["classes"] = args.classes
-            try:
-                manifest = prepare(args.root, **options)
-            except ManifestError:
-                raise
-            except ValueError as e:  # an option value the adapter does not know: a usage error
-                parser.error(f"--corpus {args.corpus}: {e}")
-        if args.label_map:
-            manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
-        assigning = args.resplit or any(not c.split for c in manifest.clips)
-        manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
-                                 by=args.split_by)
-        if assigning:
-            check_assigned_splits(manifest, args.ratios, args.manifest or args.root)
-        out = manifest.write(args.out)
-        # Read back what was written: the same validation every other command applies. The
-        # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
-        counted = manifest.notes
-        manifest = read_manifest(out)
-        manifest.notes = counted + [n for n in manifest.notes if n not in counted]
-    except (ManifestError, LabelMapError, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
->>>>>>> main
     print(manifest.summary())
     print(f"wrote {out}")
     # What training, evaluation and fusion will refuse or weigh less, said now rather than later.
