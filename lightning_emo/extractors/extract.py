@@ -599,13 +599,13 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = set_offline(True) if cfg.offline else None
     try:
-        return _run(parser, cfg)
+        return _run(cfg, trainer_args)
     finally:
         if previous is not None:
             set_offline(previous)
 
 
-def _run(parser, cfg) -> int:
+def _run(cfg, trainer_args: dict[str, Any]) -> int:
     if cfg.name and len(cfg.extractor) > 1:
         raise UsageError("--name works with one --extractor only")
     if cfg.select is not None and cfg.select < 1:
