@@ -47,14 +47,15 @@ class _Base:
         server = _Server(("127.0.0.1", 0), self.handler)
         server.owner = self  # type: ignore[attr-defined]
         self._server = server
+        self._port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return self._server.server_address[1]
+        """The port it listens (or listened) on: after ``stop`` nothing listens there (a refused connection)."""
+        return self._port
 
     @property
     def url(self) -> str:
@@ -119,7 +120,7 @@ class FileServer(_Base):
     def __post_init__(self):
         _Base.__init__(self)
 
-    class handler(_Handler):  # noqa: N801
+    class handler(_Handler):
         def do_GET(self):
             owner: FileServer = self.owner
             owner.requests.append((self.command, self.path))
@@ -210,9 +211,10 @@ class HubServer(_Base):
             repo.branches[branch] = commit
             return commit
 
-    class handler(_Handler):  # noqa: N801
-        def _error(self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None):
-            body: dict[str, Any] = {"error": message}
+    class handler(_Handler):
+        def _error(self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None,
+                   body: dict[str, Any] | None = None):
+            body = {"error": message, **(body or {})}
             if self.owner.echo_headers:
                 body["request_headers"] = dict(self.headers.items())
             headers = dict(extra or {})
@@ -268,8 +270,9 @@ class HubServer(_Base):
             payload = json.loads(body)
             repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
             owner: HubServer = self.owner
-            if repo_id in owner.repos:
-                return self._error(409, None, "You already created this model repo")
+            if repo_id in owner.repos:  # the Hub's 409 carries the repo's url too (create_repo(exist_ok=True) reads it)
+                return self._error(409, None, "You already created this model repo",
+                                   body={"url": f"{owner.url}/{repo_id}"})
             owner.add_commit(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
                              private=payload.get("visibility") == "private")
             self._send(200, json.dumps({"url": f"{owner.url}/{repo_id}", "name": repo_id, "id": repo_id}).encode())

@@ -6,10 +6,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_emo"
-# Lower layers first; a module may import its own layer and the ones before it.
-LAYERS = ["utils", "errors", "specs", "registry", "data", "extractors", "models", "fusion", "hub", "pretrain",
-          "pipeline", "cli"]
-LOW_LEVEL = {"lightning_emo", "lightning_emo.utils", "lightning_emo.errors", "lightning_emo.specs",
+# The bottom layer: anything may import these.
+LOW_LEVEL = {"lightning_emo", "lightning_emo.utils", "lightning_emo.errors", "lightning_emo.specs", "lightning_emo.console",
+             "lightning_emo.configs",
              "lightning_emo.registry"}
 
 

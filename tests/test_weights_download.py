@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from hubserver import FileServer
+
 from lightning_emo.extractors import WeightsNotFoundError, build_extractor
 from lightning_emo.extractors import ssl as ssl_mod
 from lightning_emo.extractors.base import torch_hub_checkpoint

@@ -25,12 +25,9 @@ from lightning_emo.errors import ConfigError, UserError
 from lightning_emo.registry import Registry
 from lightning_emo.specs import WEIGHT_KINDS, ExtractorSpec, WeightsSource  # noqa: F401 (re-exported)
 from lightning_emo.utils import sha256_file  # noqa: F401 (re-exported)
+from lightning_emo.extractors.weights import WeightsNotFoundError  # noqa: F401 (re-exported)
 
 EXTRACTORS: Registry = Registry("extractor")
-
-
-class WeightsNotFoundError(UserError, FileNotFoundError):
-    """Pretrained weights are not on this machine; the message says where to put them."""
 
 
 class Extractor(nn.Module):

@@ -15,7 +15,6 @@ Python API: :func:`extract`. Test hook: the environment variable
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -45,6 +44,7 @@ from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES,
     register_extractors,
 )
 from lightning_emo.extractors.selection import select_features
+from lightning_emo.console import Progress, quiet_upstream
 from lightning_emo.utils import log, output_dir, setup_logging
 
 DEFAULT_FPS = 5.0
@@ -124,12 +124,11 @@ class FeatureStoreWriter(BasePredictionWriter):
 
 
 class ExtractionProgress(Callback):
-    """Rank 0's progress in clips: a tqdm bar on a terminal, else a log line every ``interval`` seconds."""
+    """Rank 0's progress in clips (:class:`~lightning_emo.console.Progress`: a bar on a terminal, else log lines)."""
 
     def __init__(self, desc: str, interval: float = 10.0):
         self.desc, self.interval = desc, interval
-        self.bar = None
-        self.done = 0
+        self.progress: Progress | None = None
         self.loop_seconds = 0.0
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -137,46 +136,22 @@ class ExtractionProgress(Callback):
             return
         dataloaders = trainer.predict_dataloaders
         dl = dataloaders[0] if isinstance(dataloaders, (list, tuple)) else dataloaders
-        self.world = trainer.world_size
-        self.total = len(dl.dataset)  # rank 0's share
-        self.all = len(trainer.datamodule.todo) if hasattr(trainer.datamodule, "todo") else self.total
-        self.start = self.last = time.monotonic()
-        self.done = 0
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            suffix = f" (rank 0 of {self.world})" if self.world > 1 else ""
-            self.bar = tqdm(total=self.total, desc=self.desc + suffix, unit="clip", file=sys.stderr, dynamic_ncols=True)
+        total = len(dl.dataset)  # rank 0's share
+        desc = self.desc
+        if trainer.world_size > 1:
+            everything = len(trainer.datamodule.todo) if hasattr(trainer.datamodule, "todo") else total
+            desc += f" (rank 0 of {trainer.world_size}; {everything} clips in all)"
+        self.progress = Progress(total, desc, unit="clip", interval=self.interval)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.is_global_zero:
-            return
-        n = len(batch["clip_id"])
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.interval or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else math.inf
-            share = f" (rank 0 of {self.world}; {self.all} clips in all)" if self.world > 1 else ""
-            log.info(f"{self.desc}: {self.done}/{self.total} clips{share}, {rate:.2f} clips/s, ETA {_hms(eta)}")
+        if self.progress is not None:
+            self.progress.update(len(batch["clip_id"]))
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.loop_seconds = time.monotonic() - self.start
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+        if self.progress is not None:
+            self.loop_seconds = self.progress.elapsed
+            self.progress.close()
+            self.progress = None
 
 
 class ExtractionData(pl.LightningDataModule):
@@ -425,6 +400,7 @@ def run_extraction(
     trainer_args.setdefault("enable_checkpointing", False)
     writer = FeatureStoreWriter(store, commit_every=commit_every)
     progress = ExtractionProgress(f"extract {store_path.name}")
+    quiet_upstream()
     try:
         pl_trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer, progress],
                                 use_distributed_sampler=False,

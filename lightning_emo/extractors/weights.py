@@ -27,6 +27,7 @@ file, the cache path and the URL it would come from.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -36,30 +37,39 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from lightning_emo.errors import UserError
 from lightning_emo.utils import log
 
 if TYPE_CHECKING:
-    from lightning_emo.extractors.base import WeightsSource
+    from lightning_emo.specs import WeightsSource
 
-__all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "WeightsDownloadError", "cache_path", "describe_source", "download",
-           "fetch", "hub_failure", "hub_file", "is_cached", "is_offline", "set_offline", "source_url", "upstream_url"]
+__all__ = ["HUB_TIMEOUT_ENV", "MIRROR_ENV", "TIMEOUT_ENV", "WeightsDownloadError", "WeightsNotFoundError",
+           "cache_path", "describe_source", "download", "fetch", "hub_failure", "hub_file", "hub_timeout", "is_cached",
+           "is_offline", "set_offline", "source_url", "upstream_url"]
+
+
+class WeightsNotFoundError(UserError, FileNotFoundError):
+    """Pretrained weights are not on this machine; the message says where to put them."""
 
 TORCHAUDIO_URL = "https://download.pytorch.org/torchaudio/models/"  # torchaudio.pipelines._wav2vec2.utils
 FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"  # facenet-pytorch load_weights
 MIRROR_ENV = "LIGHTNING_EMO_WEIGHTS_URL"
 TIMEOUT_ENV = "LIGHTNING_EMO_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
+HUB_TIMEOUT_ENV = "LIGHTNING_EMO_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 60.0
 _TRUE = ("1", "true", "yes", "on")
 _offline_flag = False
 
 
-class WeightsDownloadError(OSError):
+class WeightsDownloadError(UserError, OSError):
     """A weight file could not be downloaded (refused, no answer, HTTP error, cut short, corrupt); nothing was kept."""
 
 
@@ -78,7 +88,7 @@ def is_offline() -> bool:
     return bool(hub is not None and getattr(hub, "HF_HUB_OFFLINE", False))
 
 
-def cache_path(source: "WeightsSource") -> Path:
+def cache_path(source: WeightsSource) -> Path:
     """The file the upstream library itself would load for a ``torchaudio`` or ``facenet`` source."""
     if source.kind == "torchaudio":
         return Path(torch.hub.get_dir()) / "checkpoints" / source.filename
@@ -89,7 +99,7 @@ def cache_path(source: "WeightsSource") -> Path:
     raise ValueError(f"weights of kind {source.kind!r} have no upstream cache file")
 
 
-def upstream_url(source: "WeightsSource") -> str:
+def upstream_url(source: WeightsSource) -> str:
     """Where the upstream library downloads the file from."""
     base = {"torchaudio": TORCHAUDIO_URL, "facenet": FACENET_URL}.get(source.kind)
     if base is None:
@@ -97,7 +107,7 @@ def upstream_url(source: "WeightsSource") -> str:
     return base + source.filename
 
 
-def source_url(source: "WeightsSource") -> str:
+def source_url(source: WeightsSource) -> str:
     """``$LIGHTNING_EMO_WEIGHTS_URL/<file name>`` when a mirror is set, else :func:`upstream_url`."""
     mirror = os.environ.get(MIRROR_ENV, "").strip()
     if mirror:
@@ -105,7 +115,7 @@ def source_url(source: "WeightsSource") -> str:
     return upstream_url(source)
 
 
-def is_cached(source: "WeightsSource") -> Path | None:
+def is_cached(source: WeightsSource) -> Path | None:
     """The local file of any downloadable source if it is already there (Hub sources: huggingface_hub's cache)."""
     if source.kind in ("torchaudio", "facenet"):
         p = cache_path(source)
@@ -118,7 +128,7 @@ def is_cached(source: "WeightsSource") -> Path | None:
     return None
 
 
-def describe_source(source: "WeightsSource") -> str:
+def describe_source(source: WeightsSource) -> str:
     """One line: where the weights come from (for ``extract --list`` and messages)."""
     if source.kind in ("torchaudio", "facenet"):
         return f"{source.kind} {source.uri} <- {source_url(source)}"
@@ -132,10 +142,8 @@ def describe_source(source: "WeightsSource") -> str:
     return "no weights"
 
 
-def fetch(source: "WeightsSource") -> Path:
+def fetch(source: WeightsSource) -> Path:
     """The cached file of a ``torchaudio``/``facenet`` source, downloaded first when missing and allowed."""
-    from lightning_emo.extractors.base import WeightsNotFoundError
-
     dst = cache_path(source)
     if dst.is_file():
         return dst
@@ -149,7 +157,7 @@ def fetch(source: "WeightsSource") -> Path:
     return dst
 
 
-def hub_file(source: "WeightsSource", cache_dir: str | os.PathLike | None = None,
+def hub_file(source: WeightsSource, cache_dir: str | os.PathLike | None = None,
              local_files_only: bool = False) -> Path:
     """A Hub file (``hf-hub``/``timm`` source) through huggingface_hub's cache, downloaded from ``HF_ENDPOINT`` if needed.
 
@@ -158,17 +166,21 @@ def hub_file(source: "WeightsSource", cache_dir: str | os.PathLike | None = None
         WeightsDownloadError: the Hub could not be reached or failed (refused, timeout, HTTP error).
     """
     from huggingface_hub import constants, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    from lightning_emo.extractors.base import WeightsNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     local_files_only = local_files_only or is_offline()
     rev = source.revision or "main"
     url = hf_hub_url(source.uri, source.filename, revision=rev)
     where = Path(cache_dir or constants.HF_HUB_CACHE)
     try:
-        return Path(hf_hub_download(source.uri, source.filename, revision=source.revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only))
+        with hub_timeout():
+            return Path(hf_hub_download(source.uri, source.filename, revision=source.revision, cache_dir=cache_dir,
+                                        local_files_only=local_files_only))
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise WeightsNotFoundError(f"weights {source.uri}/{source.filename}@{rev}: "
                                    f"{'no such revision' if isinstance(e, RevisionNotFoundError) else 'no such repository (or it is private: log in with `hf auth login`)'}"
@@ -188,6 +200,61 @@ def hub_file(source: "WeightsSource", cache_dir: str | os.PathLike | None = None
         raise WeightsDownloadError(f"download of {url} failed: {hub_failure(e) or type(e).__name__}") from None
 
 
+@contextlib.contextmanager
+def hub_timeout(seconds: float | None = None) -> Iterator[float]:
+    """Every huggingface_hub request inside waits at most ``seconds`` for the server (default: :func:`hub_timeout_s`).
+
+    huggingface_hub's shared client has no timeout and retries a file lookup with a 60 s one, so a
+    silent Hub holds a download or a push for minutes. Here its client (from the factory in use, so
+    a user's proxy setup is kept; ``huggingface_hub.set_client_factory``) gets a transport that caps
+    each request's connect/read/write timeouts; a transfer that keeps receiving data is not cut.
+    huggingface_hub still retries a failed lookup up to 5 times with back-off (about
+    ``6 * seconds + 25`` s in all).
+    """
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    seconds = hub_timeout_s() if seconds is None else seconds
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+
+    class CappedTimeout(httpx2.BaseTransport):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def handle_request(self, request):
+            given = dict(request.extensions.get("timeout") or {})
+            request.extensions["timeout"] = {k: seconds if given.get(k) is None else min(given[k], seconds)
+                                             for k in ("connect", "read", "write", "pool")}
+            return self.inner.handle_request(request)
+
+        def close(self):
+            self.inner.close()
+
+    def factory():
+        client = previous()
+        client._transport = CappedTimeout(client._transport)  # httpx keeps the default transport here
+        return client
+
+    set_client_factory(factory)
+    try:
+        yield seconds
+    finally:
+        set_client_factory(previous)
+
+
+def hub_timeout_s() -> float:
+    """Seconds a Hub request may wait for an answer: ``$LIGHTNING_EMO_HUB_TIMEOUT``, default 60."""
+    raw = os.environ.get(HUB_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_HUB_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"{HUB_TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
+    return value
+
+
 def hub_failure(e: BaseException) -> str | None:
     """Why a huggingface_hub call could not reach the Hub (refused, timeout, HTTP status), from the error's chain.
 
@@ -205,8 +272,7 @@ def hub_failure(e: BaseException) -> str | None:
         if name == "OfflineModeIsEnabled":
             return None
         if "Timeout" in name or isinstance(x, (socket.timeout, TimeoutError)):
-            return (f"no answer from {constants.ENDPOINT} in time (HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT "
-                    f"seconds)")
+            return f"no answer from {constants.ENDPOINT} in time (set {HUB_TIMEOUT_ENV} to wait longer)"
         if name == "ConnectError" or isinstance(x, ConnectionRefusedError):
             refused = "refused" in str(x).lower() or isinstance(x, ConnectionRefusedError)
             return (f"connection to {constants.ENDPOINT} refused" if refused else

@@ -228,7 +228,8 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="exported folder, hf-hub:ORG/NAME[@REV] or zoo name")
     p.add_argument("--revision", default=None, help="Hub revision (commit, tag or branch)")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
-    p.add_argument("--local-files-only", action="store_true", help="never download (also: HF_HUB_OFFLINE=1)")
+    p.add_argument("--local-files-only", "--offline", action="store_true",
+                   help="never download, neither the model nor its extractors' weights (also: HF_HUB_OFFLINE=1)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
@@ -251,6 +252,17 @@ def infer_main(argv: list[str] | None = None) -> int:
         output_dir(args.out, "--out")
     check_device(args.device, "--device")
     setup_logging()
+    from lightning_emo.extractors.weights import set_offline
+
+    previous = set_offline(True) if args.local_files_only else None  # extractor weights too, not only the model
+    try:
+        return _infer(args)
+    finally:
+        if previous is not None:
+            set_offline(previous)
+
+
+def _infer(args) -> int:
     from lightning_emo.data.media import MediaError
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.recognizer import Recognizer
@@ -290,6 +302,7 @@ def infer_main(argv: list[str] | None = None) -> int:
 
 def _infer_timeline(model, args) -> int:
     from lightning_emo.data.media import MediaError
+    from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.timeline import write_timeline
 
     out = Path(args.out)

@@ -721,15 +721,23 @@ def _download(repo_id: str, revision: str | None, cache_dir, force_download: boo
         RevisionNotFoundError,
     )
 
+    import httpx2
+
     from lightning_emo.extractors.face import snapshot_revision
+    from lightning_emo.extractors.weights import hub_failure, hub_timeout
 
     where = f"{repo_id}@{revision or 'main'}"
     kwargs = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only, token=token)
     try:
-        config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kwargs))
-        commit = snapshot_revision(config_file)
-        weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **kwargs))
-    except LocalEntryNotFoundError:
+        with hub_timeout():  # a silent Hub ends in an error, not a wait of minutes
+            config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kwargs))
+            commit = snapshot_revision(config_file)
+            weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **kwargs))
+    except LocalEntryNotFoundError as e:
+        failure = None if local_files_only else hub_failure(e)
+        if failure is not None:  # the Hub could not be reached: say so, not "offline"
+            raise RecognizerError(f"{where}: cannot download {CONFIG_NAME}/{WEIGHTS_NAME}: {failure}; they are not in "
+                                  f"the Hugging Face cache either. Run again when the Hub answers.") from None
         raise RecognizerError(
             f"{where}: {CONFIG_NAME}/{WEIGHTS_NAME} are not in the Hugging Face cache"
             f"{' (' + str(cache_dir) + ')' if cache_dir else ''} and cannot be downloaded (offline, or "
@@ -743,8 +751,8 @@ def _download(repo_id: str, revision: str | None, cache_dir, force_download: boo
     except EntryNotFoundError as e:
         raise RecognizerError(f"{where}: not an exported lightning-emo recognizer ({e.__class__.__name__}: a file "
                               f"of {CONFIG_NAME}, {WEIGHTS_NAME} is missing)") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise RecognizerError(f"{where}: download failed ({type(e).__name__})") from None
+    except (HfHubHTTPError, OSError, httpx2.HTTPError) as e:
+        raise RecognizerError(f"{where}: download failed ({hub_failure(e) or type(e).__name__})") from None
     log.debug("loaded %s from %s", repo_id, config_file.parent)
     return config_file, weights_file, commit
 

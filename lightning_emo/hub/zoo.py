@@ -11,7 +11,7 @@ commit or as an exported folder inside the repository::
     extractors: {audio: mfcc, video: hog}
     head: {audio: lstm, video: lstm}
     fusion: prior
-    metrics: {test_accuracy: {audio: 0.41, video: 0.83, fused: 0.86}}
+    metrics: {test_accuracy: {audio: 0.41, video: 0.83, fused: 0.86}, test_ua: {...}, test_macro_f1: {...}}
     source: {path: models/synthetic-demo}          # relative to zoo/
     # or: source: {repo_id: org/name, revision: <40-hex commit>}
     license: apache-2.0
@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -154,8 +155,8 @@ def get_entry(name: str, zoo: str | os.PathLike | None = None) -> ZooEntry:
     raise RecognizerError(f"no zoo model {name!r}; known: {', '.join(entry_names(zoo)) or 'none'}")
 
 
-def _metric_cell(entry: ZooEntry) -> str:
-    test = (entry.metrics or {}).get("test_accuracy") or {}
+def _metric_cell(entry: ZooEntry, key: str = "test_accuracy") -> str:
+    test = (entry.metrics or {}).get(key) or {}
     if not test:
         return "–"
     return ", ".join(f"{k} {float(v):.3f}" for k, v in test.items())
@@ -169,18 +170,19 @@ def render_readme(entries: list[ZooEntry]) -> str:
              "Trained recognizers that load by name: `lightning-emo infer clip.mp4 --model NAME` or",
              "`Recognizer.from_pretrained(\"NAME\")`. `lightning-emo zoo` lists them. Hub entries are pinned to a",
              "commit; local entries are exported folders inside this repository.", "",
-             "| name | corpus | classes | extractors (audio / video) | head | fusion | test accuracy | source "
-             "| license |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| name | corpus | classes | extractors (audio / video) | head | fusion | test accuracy (WA) | test UA "
+             "| test macro-F1 | source | license |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in entries:
         ex = " / ".join(e.extractors.get(m, "–") for m in ("audio", "video"))
         heads = " / ".join(sorted(set(e.head.values()))) if e.head else "–"
         source = f"[`{e.repo_id}`](https://huggingface.co/{e.repo_id}/tree/{e.revision}) @ `{e.revision[:8]}`" \
             if e.repo_id else f"`zoo/{e.path}`"
         lines.append(f"| `{e.name}` | {e.corpus} | {len(e.classes)} | {ex} | {heads} | {e.fusion or '–'} | "
-                     f"{_metric_cell(e)} | {source} | {e.license} |")
+                     f"{_metric_cell(e)} | {_metric_cell(e, 'test_ua')} | {_metric_cell(e, 'test_macro_f1')} | "
+                     f"{source} | {e.license} |")
     if not entries:
-        lines.append("| *(no models yet)* | | | | | | | | |")
+        lines.append("| *(no models yet)* | | | | | | | | | | |")
     lines += ["", "Split protocols:", ""]
     lines += [f"- `{e.name}`: {e.split_protocol}" for e in entries] or ["- none yet"]
     lines += ["", "Add a model with `lightning-emo export ... --zoo-entry NAME` (a local folder) or",
@@ -201,8 +203,13 @@ def entry_from_config(name: str, config: Mapping[str, Any], *, path: str | None 
     """A zoo entry describing an exported recognizer's ``config.json``."""
     mods = config["modalities"]
     metrics = config.get("metrics") or {}
-    test = {k: round(float(v["accuracy"]), 4) for k, v in (metrics.get("test") or {}).items()
-            if isinstance(v, Mapping) and "accuracy" in v}
+    tests = {k: v for k, v in (metrics.get("test") or {}).items() if isinstance(v, Mapping)}
+    test = {k: round(float(v["accuracy"]), 4) for k, v in tests.items() if "accuracy" in v}
+    # UA is the mean per-class recall over the classes with test clips; exports made before UA was
+    # recorded still carry that recall, so UA is derived from it (macro-F1 needs precision: not derivable)
+    ua = {k: round(float(v["ua"]) if "ua" in v else statistics.fmean(float(r) for r in v["recall"].values()), 4)
+          for k, v in tests.items() if "ua" in v or v.get("recall")}
+    macro_f1 = {k: round(float(v["macro_f1"]), 4) for k, v in tests.items() if "macro_f1" in v}
     extractors = {}
     for m, mc in mods.items():
         label = mc["extractor"]["name"]
@@ -214,7 +221,8 @@ def entry_from_config(name: str, config: Mapping[str, Any], *, path: str | None 
             "corpus": (config.get("corpus") or {}).get("name") or "unknown", "classes": list(config["classes"]),
             "split_protocol": config.get("split_protocol") or "not recorded", "extractors": extractors,
             "head": {m: mc["head"]["name"] for m, mc in mods.items()}, "fusion": fusion["rule"] if fusion else None,
-            "metrics": {"test_accuracy": test} if test else {},
+            "metrics": {key: value for key, value in (("test_accuracy", test), ("test_ua", ua),
+                                                      ("test_macro_f1", macro_f1)) if value},
             "source": {"path": path} if path is not None else {"repo_id": repo_id, "revision": revision},
             "license": config.get("license") or "unspecified"}
     return ZooEntry.from_dict(data)

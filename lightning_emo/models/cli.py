@@ -18,6 +18,10 @@ Callbacks every run gets (each configurable under its own key):
 
 The last two read emotion posteriors and are dropped for other LightningModules.
 
+Each run writes one folder (every file-based logger in it; evaluation from a run's checkpoint
+inside that run) and, when stderr is not a terminal, short progress lines:
+:mod:`lightning_emo.models.runs`.
+
 Defaults: a CSV logger under ``runs/`` (TensorBoard and wandb loggers: ``configs/logger/``),
 ``seed_everything: 0`` and ``trainer.deterministic: warn`` (same seed, same metrics on CPU for
 a fixed number of threads), the resolved config saved as ``config.yaml`` in the run directory.
@@ -41,13 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from lightning_emo.console import is_interactive, quiet_upstream
 from lightning_emo.errors import ConfigError, UserError, command, describe_parse_error, find_user_error
 from lightning_emo.models.module import EmotionModule
+from lightning_emo.models.runs import LogProgressBar, place_loggers
 from lightning_emo.models.writer import PredictionsWriter
 from lightning_emo.registry import UnknownNameError
 from lightning_emo.utils import setup_logging
@@ -149,6 +154,14 @@ class EmotionCLI(LightningCLI):
         if not isinstance(self.model, EmotionModule):
             emotion_only = tuple(c for c in (PredictionsWriter, _fusion_callback()) if c is not None)
             callbacks = [c for c in callbacks if not isinstance(c, emotion_only)]
+        quiet_upstream()
+        stage = self.subcommand or "fit"
+        place_loggers(config.get("logger"), stage, self.config.get(stage, {}).get("ckpt_path") if self.subcommand
+                      else None)
+        given = [*callbacks, *(config.get("callbacks") or [])]
+        if (not is_interactive() and config.get("enable_progress_bar") is not False
+                and not any(isinstance(c, ProgressBar) for c in given)):
+            callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -113,7 +113,7 @@ def prepare(root: str | Path, splits: str = "train,dev,test") -> Manifest:
                 continue
             clips.append(Clip(f"{name}_dia{dia}_utt{utt}", video.relative_to(root).as_posix(), label, split,
                               r["Speaker"], group=f"{name}_dia{dia}"))
-    notes = [f"MELD's own splits: " + ", ".join(f"{s} -> {SPLITS[s][2]}" for s in wanted)
+    notes = ["MELD's own splits: " + ", ".join(f"{s} -> {SPLITS[s][2]}" for s in wanted)
              + " (not speaker-independent: the main characters speak in every split)"]
     if any(missing.values()):
         notes.append("left out annotated utterances without a video file: "
