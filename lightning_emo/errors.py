@@ -177,6 +177,8 @@ def describe_parse_error(error: BaseException, command: str, arguments: Sequence
     if unknown and class_path:
         reason += _suggest(unknown.group(1), class_path)
     key = ".".join(k for k in keys if k)
+    if any(str(a).split("=", 1)[0] == f"--{key.replace('_', '-')}" for a in arguments):
+        key = key.replace("_", "-")  # the flag as typed: --batch-size, not its dest batch_size
     where = f"--{key}: " if key else ""
     on_command_line = (key and any(str(a).startswith(f"--{key}") for a in arguments)) or \
         reason.startswith("unrecognized arguments")

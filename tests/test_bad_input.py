@@ -23,6 +23,12 @@ AUDIO_CONFIG = REPO / "configs" / "experiment" / "synthetic_audio.yaml"
 FAST_EXTRACT = ["--num-workers", "0", "--trainer.accelerator", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    """Tracebacks off (``--traceback`` sets the variable process-wide: restored after each test)."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """Seven clips (one per class) of the synthetic corpus and their MFCC store."""
@@ -190,7 +196,8 @@ def test_prepare_bad_inputs(corpus, capsys, tmp_path):
     base = ["prepare", "--corpus", "manifest", "--root", root, "--manifest", src]
     latin = tmp_path / "latin.csv"
     header, first = src.read_text().splitlines()[:2]
-    latin.write_bytes(f"{header}\n{first.replace('synth_', 'caf\u00e9_', 1)}\n".encode("latin-1"))
+    renamed = first.replace("synth_", "caf\u00e9_", 1)
+    latin.write_bytes(f"{header}\n{renamed}\n".encode("latin-1"))
     refused(capsys, ["prepare", "--corpus", "manifest", "--root", root, "--manifest", latin, "--out",
                      tmp_path / "o.csv"], str(latin), "line 2", "not UTF-8", "iconv")
     for ratios in (["0", "0", "0"], ["-1", "0.5", "0.5"], ["0.7", "nan", "0.2"]):
@@ -298,6 +305,6 @@ def test_export_zoo_entry_cannot_leave_the_zoo(capsys, tmp_path):
 
 def test_reproduce_bad_config(capsys, tmp_path):
     bad = tmp_path / "protocol.yaml"
-    bad.write_text(json.dumps({"out": str(tmp_path / "out"), "audo": {}}))
-    refused(capsys, ["reproduce", "--config", bad], "audo")
+    bad.write_text(json.dumps({"out": str(tmp_path / "out"), "audo": {"a": {"extractor": "mfcc"}}}))
+    refused(capsys, ["reproduce", "--config", bad], "'audo.a.extractor' is not accepted", str(bad))
     assert not (tmp_path / "out").exists()

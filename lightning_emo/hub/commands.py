@@ -106,7 +106,12 @@ def export_main(argv: list[str] | None = None) -> int:
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.recognizer import Recognizer
     from lightning_emo.hub.publish import add_entry
-    from lightning_emo.hub.zoo import zoo_dir
+    from lightning_emo.hub.zoo import check_name, zoo_dir
+
+    if args.zoo_entry is not None:  # it names files in the zoo: refused before anything is read or written
+        check_name(args.zoo_entry, "--zoo-entry")
+    if args.out is not None:
+        output_dir(args.out, "--out")
 
     ckpts: dict[str, Any] | list[str]
     named = [c for c in args.ckpt if "=" in c and c.split("=", 1)[0].lower() in ("audio", "video", "face")]
@@ -348,10 +353,11 @@ def zoo_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.publish import add_entry
-    from lightning_emo.hub.zoo import README, list_entries, render_readme, write_readme, zoo_dir
+    from lightning_emo.hub.zoo import README, check_name, list_entries, render_readme, write_readme, zoo_dir
 
     try:
         if args.add:
+            check_name(args.add, "--add")
             if not args.model_dir:
                 p.error("--add needs --model-dir")
             if (args.repo_id is None) != (args.revision is None):
