@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -138,9 +139,22 @@ def check_device(device: str, flag: str = "--device"):
     return dev
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at each record (a captured or redirected stderr that was
+    replaced after setup would otherwise be written to closed, printing a logging traceback)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
     log.setLevel(level)
