@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -67,13 +68,14 @@ def test_export_writes_the_hub_layout(tiny):
     # metrics come from the fuse run's results.csv: val and test, per modality and fused
     assert set(config["metrics"]["test"]) == {"audio", "video", "fused"}
     assert 0 <= config["metrics"]["test"]["fused"]["accuracy"] <= 1
+    assert 0 <= config["metrics"]["test"]["fused"]["ua"] <= 1 and 0 <= config["metrics"]["test"]["audio"]["macro_f1"] <= 1
     assert str(tiny["export"].parent) not in (out / "config.json").read_text()  # no local paths
     keys = set(load_file(str(out / "model.safetensors")))
     # handcrafted extractors: no extractor weights
     assert keys and all(k.startswith(("heads.audio.", "heads.video.")) for k in keys)
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: lightning-emo" in card and "license: apache-2.0" in card
-    for text in ("## Metrics", "| fused (prior) |", "`mfcc`", "`hog`", "no weights (handcrafted)", "detector `none`",
+    for text in ("## Metrics", "| fused (prior) |", "test UA", "test macro-F1", "`mfcc`", "`hog`", "no weights (handcrafted)", "detector `none`",
                  "random features (a plumbing test)", "Recognizer.from_pretrained", *CLASSES):
         assert text in card, text
 
@@ -117,6 +119,9 @@ def test_loads_offline_from_hf_cache_by_repo_id_and_pinned_revision(tiny, model,
     tensors = load_file(str(other / "model.safetensors"))
     tensors["heads.audio.output.bias"] = tensors["heads.audio.output.bias"] + 5.0 * torch.arange(len(CLASSES))
     save_file(tensors, str(other / "model.safetensors"))
+    config = json.loads((other / "config.json").read_text())  # a new export binds its config to its weights
+    config["weights"]["sha256"] = hashlib.sha256((other / "model.safetensors").read_bytes()).hexdigest()
+    (other / "config.json").write_text(json.dumps(config))
     new = make_hf_cache(cache, "org/tiny", {n: other / n for n in files})
     assert old != new
 

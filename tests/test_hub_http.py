@@ -9,6 +9,7 @@ the slow subprocess test checks the variable alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ def hub(monkeypatch):
     server = HubServer(token=TOKEN).start()
     use_endpoint(monkeypatch, server.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "2")
+    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "10")
     yield server
     server.stop()
 
@@ -127,6 +128,9 @@ def test_push_to_a_branch_keeps_the_pinned_commit(tiny, hub, tmp_path, capsys):
     tensors = load_file(str(other / "model.safetensors"))
     tensors["heads.audio.output.bias"] = tensors["heads.audio.output.bias"] + 5.0 * torch.arange(len(CLASSES))
     save_file(tensors, str(other / "model.safetensors"))
+    config = json.loads((other / "config.json").read_text())  # a new export binds its config to its weights
+    config["weights"]["sha256"] = hashlib.sha256((other / "model.safetensors").read_bytes()).hexdigest()
+    (other / "config.json").write_text(json.dumps(config))
     rc, out, err = _run(["push", other, "--repo-id", "org/tiny", "--branch", "v2"], capsys)
     assert rc == 0, err
     assert hub.head("org/tiny", "main") == first and hub.head("org/tiny", "v2") != first
@@ -140,6 +144,22 @@ def test_push_to_a_branch_keeps_the_pinned_commit(tiny, hub, tmp_path, capsys):
         Recognizer.from_pretrained("hf-hub:org/tiny@v3", cache_dir=cache)
     with pytest.raises(RecognizerError, match="no such model repository"):
         Recognizer.from_pretrained("hf-hub:org/absent", cache_dir=cache)
+
+
+def test_the_stand_in_answers_the_real_clients_repo_calls(tiny, hub, tmp_path):
+    """model_info, snapshot_download (tree listing + downloads) and create_branch, straight from huggingface_hub."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    commit = hub.add_commit("org/tiny", tree_from_folder(tiny["export"], HUB_FILES))
+    api = HfApi(token=TOKEN)
+    info = api.model_info("org/tiny")
+    assert info.sha == commit and sorted(s.rfilename for s in info.siblings) == HUB_FILES
+    assert api.model_info("org/tiny", revision=commit).sha == commit
+    api.create_branch("org/tiny", branch="dev")
+    assert hub.head("org/tiny", "dev") == commit
+    folder = Path(snapshot_download("org/tiny", revision="dev", cache_dir=tmp_path / "c"))
+    assert folder.name == commit and sorted(p.name for p in folder.iterdir()) == HUB_FILES
+    assert (folder / "model.safetensors").read_bytes() == (tiny["export"] / "model.safetensors").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------- failures
@@ -189,6 +209,20 @@ def test_offline_and_not_cached_says_so(tiny, hub, tmp_path, capsys):
                          "--offline"], capsys)
     assert rc == 2 and "not in the Hugging Face cache" in err and "offline" in err and "refused" not in err
     assert "Traceback" not in err and hub.requests == []
+
+
+def test_pulling_with_a_wrong_token_never_shows_it(tiny, tmp_path, monkeypatch, capsys, caplog):
+    leaky = HubServer(token="hf_theRealOne", echo_headers=True).start()
+    try:
+        use_endpoint(monkeypatch, leaky.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        leaky.add_commit("org/private", tree_from_folder(tiny["export"], HUB_FILES), private=True)
+        rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/private", "--cache-dir", tmp_path / "c"],
+                            capsys)
+    finally:
+        leaky.stop()
+    assert rc == 1 and "no such model repository" in err and "hf auth login" in err
+    assert f"Bearer {TOKEN}" in leaky.authorizations and TOKEN not in out + err + caplog.text
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from lightning_emo.data.checks import check_splits
 from lightning_emo.data.manifest import Clip, read_manifest
-from lightning_emo.data.samplers import LengthBucketSampler
+from lightning_emo.data.samplers import LengthBucketSampler, eval_sampler, padding_item
 from lightning_emo.data.store import FeatureStore, FeatureStoreError, absent_message
 from lightning_emo.utils import log
 
@@ -43,6 +44,8 @@ class FeatureDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if i >= len(self.clips):  # a DDP rank's stand-in when there are fewer clips than ranks
+            return padding_item(self, i)
         clip = self.clips[i]
         item: dict[str, Any] = {"clip_id": clip.clip_id, "split": clip.split, "label": self.class_index[clip.label]}
         for name, store in self.stores.items():
@@ -160,6 +163,8 @@ class FeatureDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.sampler = batch_size, num_workers, sampler
         self.predict_splits = list(predict_splits)
         self.max_frames, self.seed, self.bucket_by_length = max_frames, seed, bucket_by_length
+        self._generators: dict[str, torch.Generator] = {}
+        self._generator_states: dict[str, torch.Tensor] = {}
         self.manifest = read_manifest(manifest, root=root, check_files=False)
         self._single = isinstance(features, (str, os.PathLike))
         if self._single:
@@ -257,16 +262,33 @@ class FeatureDataModule(pl.LightningDataModule):
     # ---- Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "fit":  # before any work: a corpus that cannot train and select checkpoints is refused
+            check_splits(self._clips["train"] + self._clips["val"] + self._clips["test"], self.classes, "train",
+                         self.manifest.source, warn=self.trainer is None or self.trainer.is_global_zero)
         for split in ("train", "val", "test"):
             self.datasets[split] = FeatureDataset(self.stores, self._clips[split], self.classes,
                                                   self.max_frames if split == "train" else None)
         predict = [c for c in self.manifest.clips if c.split in self.predict_splits and c.clip_id not in self._left_out]
         self.datasets["predict"] = FeatureDataset(self.stores, predict, self.classes)
 
+    def _generator(self, name: str) -> torch.Generator:
+        """The seeded generator of one random draw of the training order (its state is checkpointed)."""
+        g = self._generators[name] = torch.Generator().manual_seed(self.seed)
+        if name in self._generator_states:
+            g.set_state(self._generator_states.pop(name))
+        return g
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training order's generator states: a resumed ``fit`` draws what an uninterrupted one would."""
+        return {f"generator/{name}": g.get_state() for name, g in self._generators.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._generator_states = {k.split("/", 1)[1]: v for k, v in state_dict.items() if k.startswith("generator/")}
+
     def _loader(self, name: str, sampler=None, shuffle: bool = False) -> DataLoader:
         if name not in self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle or sampler is not None else None
+        generator = self._generator(f"{name}_loader") if shuffle or sampler is not None else None
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=_Collate(list(self.stores), self._single),
                           generator=generator, persistent_workers=self.num_workers > 0,
@@ -291,18 +313,24 @@ class FeatureDataModule(pl.LightningDataModule):
                 lengths, self.batch_size * world, weights=weights, seed=self.seed))
         if weights is not None:
             sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
-                                            generator=torch.Generator().manual_seed(self.seed))
+                                            generator=self._generator("train_sampler"))
             return self._loader("train", sampler=sampler)
         return self._loader("train", shuffle=True)
 
+    # evaluation under DDP: each clip on exactly one process, never a padded repeat (metrics count it once)
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", sampler=self._eval_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", sampler=self._eval_sampler("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        return self._loader("predict", sampler=self._eval_sampler("predict"))
+
+    def _eval_sampler(self, name: str):
+        if name not in self.datasets:
+            self.setup()
+        return eval_sampler(self.datasets[name], self.trainer)
 
 
 __all__ = ["FeatureDataModule", "FeatureDataset", "collate_features"]

@@ -5,11 +5,13 @@ A store is a directory per (corpus, extractor configuration)::
     STORE/
       store.json                 format, extractor spec, cache key, dim, dtype[, selection]
       .lock                      advisory lock: open writers hold it shared, cleanup needs it exclusive
+      .run.lock                  one extraction run at a time: held exclusively, names its holder
       index.json                 merged index (a cache of the segment indexes, rebuilt when stale)
       segments/
         r0-3f2a9c1b.f16          rank 0's features: rows of D values, raw little-endian (np.memmap)
         r0-3f2a9c1b.mask         one byte per row: 1 = a real frame with content, 0 = no face found
-        r0-3f2a9c1b.json         the segment's committed index: rows, clip_id -> [offset, length, n_valid],
+        r0-3f2a9c1b.json         the segment's committed index: rows, dim, dtype, clip_id -> [offset, length,
+                                 n_valid], clip_id -> xxh3-64 checksum of its rows and mask bytes,
                                  clip_id -> reason for clips recorded without a sequence (no audio track)
       selector.safetensors       (derived stores only) the fitted feature selector
 
@@ -18,6 +20,14 @@ every few clips, fsyncs the data and then atomically replaces the segment's ``.j
 rows a committed ``.json`` lists are ever read, so a killed run loses at most the clips in
 flight and never leaves a corrupt entry; a re-run skips every committed clip. Readers merge
 the segment indexes (lazily, or from ``index.json`` when it is up to date).
+
+Integrity: opening a store checks every segment against ``store.json`` (``dim`` and ``dtype``
+as written, file sizes against the committed rows), so an edited ``dim`` is refused rather than
+reinterpreting the data; reading a clip checks its checksum (xxh3, far faster than the copy to
+float32 that follows), so flipped bytes are refused naming the clip. Writers refuse NaN/Inf
+features. Segments written before checksums existed get them recorded the first time the store
+is opened with no writer active, after their values are checked finite (trust on first use: a
+log line says so); until then they are read unverified.
 
 :mod:`lightning_emo.data.datamodule` batches stores for training; random-forest selection
 (:func:`lightning_emo.extractors.selection.select_features`) writes derived stores.
@@ -36,10 +46,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+import xxhash
 
 from lightning_emo.errors import UserError
 from lightning_emo.specs import ExtractorSpec
-from lightning_emo.utils import atomic_write_text, log, sha256_file
+from lightning_emo.utils import atomic_write_text, disk_full, log, sha256_file
 
 STORE_FORMAT = 1
 STORE_FILE = "store.json"
@@ -47,6 +58,7 @@ INDEX_FILE = "index.json"
 SEGMENTS_DIR = "segments"
 SELECTOR_FILE = "selector.safetensors"
 LOCK_FILE = ".lock"
+RUN_LOCK_FILE = ".run.lock"
 # Why a clip has no sequence (recorded instead of features; the extractors decide which applies).
 MISSING_NO_AUDIO = "no_audio"
 MISSING_NO_VIDEO = "no_video"
@@ -162,6 +174,7 @@ class _Entry:
     offset: int  # first row
     length: int  # rows (frames)
     n_valid: int  # rows whose mask is True
+    checksum: str | None = None  # xxh3-64 of the rows' bytes then the mask's; None = written before checksums
 
 
 class FeatureStore:
@@ -221,7 +234,7 @@ class FeatureStore:
                     raise
                 log.info(f"feature store {path}: key differs, --overwrite given: removing the old store")
                 _remove_store(path)
-        elif path.exists() and any(path.iterdir()):
+        elif path.exists() and any(p.name != RUN_LOCK_FILE for p in path.iterdir()):
             raise FeatureStoreError(f"{path} exists, is not empty and holds no {STORE_FILE}: refusing to write a "
                                     "feature store into it (choose another directory)")
         (path / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
@@ -353,7 +366,14 @@ class FeatureStore:
             return np.zeros((0, self.dim), self._dtype), np.zeros((0,), bool)
         e = self._entry(clip_id)
         feats, mask = self._arrays(e.segment)
-        return feats[e.offset:e.offset + e.length], mask[e.offset:e.offset + e.length]
+        feats, mask = feats[e.offset:e.offset + e.length], mask[e.offset:e.offset + e.length]
+        if e.checksum is not None and _checksum(feats, mask) != e.checksum:
+            raise FeatureStoreError(
+                f"feature store {self.path}: clip {clip_id!r} (segment {self._segments[e.segment]}, rows "
+                f"{e.offset}-{e.offset + e.length - 1}) does not match the checksum written with it: its bytes "
+                "changed on disk (a damaged or edited file). Re-run extract into a new directory (or with "
+                "--overwrite) to rebuild the store")
+        return feats, mask
 
     def _arrays(self, seg: int) -> tuple[np.ndarray, np.ndarray]:
         arrays = self._maps.get(seg)
@@ -404,8 +424,13 @@ class FeatureStore:
                 index = None
             if index is not None and index.get("stamps") != stamp:
                 index = None
+        if index is not None and "dims" not in index:  # written before segments recorded dim/dtype
+            index = None
         if index is None:
             index = self._merge_segments(listing, stamp)
+            if index["unchecked"]:
+                index = self._record_checksums(listing, index)
+        self._check_segments(index)
         self._segments = list(index["segments"])
         self._rows = list(index["rows"])
         self._entries = {cid: _Entry(*e) for cid, e in index["clips"].items()}
@@ -414,7 +439,7 @@ class FeatureStore:
         self._maps = {}
 
     def _merge_segments(self, listing: list[Path], stamp: dict[str, list[int]]) -> dict[str, Any]:
-        segments, rows, clips, missing, dup = [], [], {}, {}, 0
+        segments, rows, dims, dtypes, clips, missing, dup, unchecked = [], [], [], [], {}, {}, 0, []
         for p in listing:
             try:
                 seg = json.loads(p.read_text())
@@ -424,18 +449,91 @@ class FeatureStore:
             i = len(segments)
             segments.append(p.stem)
             rows.append(int(seg["rows"]))
+            dims.append(seg.get("dim"))
+            dtypes.append(seg.get("dtype"))
+            sums = seg.get("checksums")
+            if sums is None and seg["clips"]:
+                unchecked.append(p.stem)
             for cid, (offset, length, n_valid) in seg["clips"].items():
                 if cid in clips or cid in missing:
                     dup += 1
                     continue
-                clips[cid] = [i, offset, length, n_valid]
+                clips[cid] = [i, offset, length, n_valid, (sums or {}).get(cid)]
             for cid, reason in seg.get("missing", {}).items():
                 if cid in clips or cid in missing:
                     dup += 1
                     continue
                 missing[cid] = reason
-        return {"format": STORE_FORMAT, "segments": segments, "rows": rows, "stamps": stamp, "clips": clips,
-                "missing": missing, "duplicates": dup}
+        return {"format": STORE_FORMAT, "segments": segments, "rows": rows, "dims": dims, "dtypes": dtypes,
+                "stamps": stamp, "clips": clips, "missing": missing, "duplicates": dup, "unchecked": unchecked}
+
+    def _check_segments(self, index: Mapping[str, Any]) -> None:
+        """Every segment as ``store.json`` describes it: its dim and dtype, files at least as long as committed."""
+        dtype = str(self._dtype)
+        for name, rows, dim, seg_dtype in zip(index["segments"], index["rows"], index["dims"], index["dtypes"]):
+            if (dim is not None and int(dim) != self.dim) or (seg_dtype is not None and seg_dtype != dtype):
+                raise FeatureStoreError(
+                    f"feature store {self.path}: {STORE_FILE} says dim {self.dim}, dtype {dtype} but segment "
+                    f"{name} was written with dim {dim}, dtype {seg_dtype}: {STORE_FILE} was edited (or mixed with "
+                    f"another store's segments); reading on would reinterpret the data. Restore \"dim\": {dim}, "
+                    f"\"dtype\": \"{seg_dtype}\" in {STORE_FILE}, or re-run extract into a new directory")
+            base = self.path / SEGMENTS_DIR / name
+            for p, need in ((base.with_suffix(_data_suffix(self._dtype)), rows * self.dim * self._dtype.itemsize),
+                            (base.with_suffix(".mask"), rows)):
+                size = p.stat().st_size if p.is_file() else -1
+                if rows and size < need:
+                    raise FeatureStoreError(
+                        f"feature store {self.path}: segment file {p.name} holds {max(size, 0)} bytes, its index "
+                        f"{name}.json commits {need}: the file was truncated or removed after writing; re-run "
+                        "extract into a new directory")
+
+    def _record_checksums(self, listing: list[Path], index: dict[str, Any]) -> dict[str, Any]:
+        """Give segments written before checksums existed theirs (values checked finite first); see the module doc.
+
+        Only with no writer active (the exclusive lock); otherwise they stay unverified for now.
+        """
+        lock = _StoreLock(self.path, exclusive=True)
+        if not lock.acquired:
+            log.warning(f"feature store {self.path}: {len(index['unchecked'])} segment(s) written before checksums "
+                        "existed are read unverified (a writer is active: they are recorded when none is)")
+            return index
+        try:
+            names = set(index["unchecked"])
+            done = 0
+            for p in listing:
+                if p.stem not in names:
+                    continue
+                seg = json.loads(p.read_text())
+                i = index["segments"].index(p.stem)
+                self._check_segments({"segments": [p.stem], "rows": [index["rows"][i]], "dims": [seg.get("dim")],
+                                      "dtypes": [seg.get("dtype")]})
+                base = self.path / SEGMENTS_DIR / p.stem
+                rows = int(seg["rows"])
+                feats = np.memmap(base.with_suffix(_data_suffix(self._dtype)), dtype=self._dtype.newbyteorder("<"),
+                                  mode="r", shape=(rows, self.dim)) if rows else np.zeros((0, self.dim))
+                mask = np.memmap(base.with_suffix(".mask"), dtype=np.bool_, mode="r", shape=(rows,)) if rows \
+                    else np.zeros((0,), bool)
+                sums = {}
+                for cid, (offset, length, _) in seg["clips"].items():
+                    x = feats[offset:offset + length]
+                    if not np.isfinite(x).all():
+                        raise FeatureStoreError(f"feature store {self.path}: clip {cid!r} (segment {p.stem}) holds "
+                                                "NaN or infinite features: re-run extract into a new directory")
+                    sums[cid] = _checksum(x, mask[offset:offset + length])
+                del feats, mask
+                seg["checksums"] = sums
+                try:
+                    _atomic_write_synced(p, json.dumps(seg) + "\n")
+                except OSError as e:  # a read-only store: verified this time, recorded never
+                    log.warning(f"feature store {self.path}: cannot record checksums in {p.name} ({e}); its clips "
+                                "are read unverified")
+                    return index
+                done += len(sums)
+            log.info(f"feature store {self.path}: recorded checksums of {done} clip(s) written before checksums "
+                     "existed (their values were checked finite; later changes to their bytes are now refused)")
+        finally:
+            lock.release()
+        return self._merge_segments(listing, {p.stem: _stat_stamp(p) for p in listing})
 
     def merge(self, cleanup: bool = True) -> Path:
         """Write the merged ``index.json`` (call once every writer has closed, e.g. on rank 0 after a barrier).
@@ -500,6 +598,14 @@ class FeatureStore:
         return self.path / self.selection["selector"]
 
 
+def _checksum(feats: np.ndarray, mask: np.ndarray) -> str:
+    """xxh3-64 of a clip's rows (as stored: little-endian) then its mask bytes (one 0/1 byte per row)."""
+    h = xxhash.xxh3_64()
+    h.update(np.ascontiguousarray(feats))
+    h.update(np.ascontiguousarray(mask, dtype=np.bool_))
+    return h.hexdigest()
+
+
 def _data_suffix(dtype: np.dtype) -> str:
     return ".f16" if np.dtype(dtype) == np.float16 else ".f32"
 
@@ -511,6 +617,8 @@ def _stat_stamp(p: Path) -> list[int]:
 
 def _remove_store(path: Path) -> None:
     for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.parent == path and p.name == RUN_LOCK_FILE:
+            continue  # held by the run that replaces the store
         if p.is_dir():
             p.rmdir()
         else:
@@ -557,6 +665,77 @@ class _StoreLock:
             self.fd = None
 
 
+class StoreBusyError(FeatureStoreError):
+    """Another run is writing this store (the message names it: pid, host, start time, command)."""
+
+
+class RunLock:
+    """One writing run per store: an exclusive ``flock`` on ``STORE/.run.lock`` that records its holder.
+
+    The holder's pid, host, start time and command are written into the file, so a second run
+    can say who holds it. The OS drops the lock when the holder dies, so a stale file left by a
+    killed run never blocks anyone (its contents are only read while the lock is held). With
+    ``wait`` the second run blocks until the first finishes (then resumes after its clips);
+    otherwise it is refused (:class:`StoreBusyError`). Where ``fcntl`` is missing (Windows) it is a no-op.
+    """
+
+    def __init__(self, store_path: str | os.PathLike, command: str = "", wait: bool = False,
+                 poll_seconds: float = 1.0):
+        self.path = Path(store_path) / RUN_LOCK_FILE
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        announced = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                holder = self.holder()
+                if not wait:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise StoreBusyError(f"feature store {store_path} is being written by another run ({holder}); "
+                                         "nothing was done. Wait for it to finish and run the same command again "
+                                         "(it skips the clips already written), or pass --wait to wait for it.")
+                if not announced:
+                    log.info(f"feature store {store_path}: waiting for the run that holds it ({holder})")
+                    announced = True
+                time.sleep(poll_seconds)
+        import socket
+
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command}
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, (json.dumps(info) + "\n").encode(), 0)
+
+    def holder(self) -> str:
+        """Who holds the lock, from the file: ``pid 123 on host, started ..., command``."""
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, json.JSONDecodeError):
+            info = {}
+        if not info:
+            return "a process that has not recorded itself yet"
+        text = f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}"
+        return text + (f": {info['command']}" if info.get("command") else "")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder any more
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class StoreWriter:
     """Appends clips to one rank-owned segment; commits (fsync data, then replace the index) every few clips.
 
@@ -578,6 +757,7 @@ class StoreWriter:
         self.no_valid = 0
         self._done: set[str] = set()
         self._pending: list[tuple[str, np.ndarray | None, np.ndarray | None, str | None]] = []
+        self._seg_sums: dict[str, str] = {}
         self._last_commit = time.monotonic()
         self._seg: str | None = None
         self._seg_rows = 0
@@ -609,8 +789,13 @@ class StoreWriter:
         if features.ndim != 2 or features.shape[1] != self.store.dim:
             raise ValueError(f"feature store {self.store.path}: clip {clip_id!r}: expected features "
                              f"(T, {self.store.dim}), got shape {tuple(features.shape)}")
-        if not np.isfinite(features).all():
-            raise ValueError(f"feature store {self.store.path}: clip {clip_id!r}: features contain NaN or inf")
+        finite = np.isfinite(features)
+        if not finite.all():
+            frame, column = (int(v[0]) for v in np.nonzero(~finite))
+            raise ValueError(f"feature store {self.store.path}: clip {clip_id!r}: its features hold "
+                             f"{int((~finite).sum())} NaN/infinite value(s) (first at frame {frame}, column "
+                             f"{column}); nothing of it was written. The extractor produced them from this "
+                             "clip's media: check the file, or skip it with --on-error warn")
         if mask is None:
             mask = np.ones(len(features), bool)
         if isinstance(mask, torch.Tensor):
@@ -655,12 +840,42 @@ class StoreWriter:
         seg_dir.mkdir(parents=True, exist_ok=True)
         if self._seg is None or len(self._seg_clips) + len(self._seg_missing) >= self.segment_clips:
             self._seg = f"r{self.rank}-{uuid.uuid4().hex[:8]}"
-            self._seg_rows, self._seg_clips, self._seg_missing = 0, {}, {}
+            self._seg_rows, self._seg_clips, self._seg_missing, self._seg_sums = 0, {}, {}, {}
         base = seg_dir / self._seg
         data_path, mask_path = base.with_suffix(_data_suffix(self.store.dtype)), base.with_suffix(".mask")
         row_bytes = self.store.dim * self.store.dtype.itemsize
-        clips, missing = dict(self._seg_clips), dict(self._seg_missing)
+        clips, missing, sums = dict(self._seg_clips), dict(self._seg_missing), dict(self._seg_sums)
         rows = self._seg_rows
+        try:
+            rows = self._append(data_path, mask_path, rows, row_bytes, clips, missing, sums)
+            index = {"format": STORE_FORMAT, "segment": self._seg, "rank": self.rank, "dim": self.store.dim,
+                     "dtype": str(self.store.dtype), "rows": rows, "clips": clips, "checksums": sums,
+                     "missing": missing}
+            _atomic_write_synced(base.with_suffix(".json"), json.dumps(index) + "\n")
+            _fsync_dir(seg_dir)
+        except OSError as e:
+            committed = self.written + sum(self.missing.values())
+            full = disk_full(e, e.filename or data_path,
+                             kept=f"the store {self.store.path} keeps every clip committed before "
+                                  f"({committed} by this run, {len(self.store)} before it); the "
+                                  f"{len(self._pending)} clips in flight were not written, and a re-run resumes "
+                                  "after the committed ones")
+            if full is None:
+                raise
+            raise full from e
+        for clip_id, data, mask, reason in self._pending:
+            if reason is not None:
+                self.missing[reason] += 1
+            else:
+                self.written += 1
+                self.no_valid += int(not mask.any())
+        self._seg_rows, self._seg_clips, self._seg_missing, self._seg_sums = rows, clips, missing, sums
+        self._pending = []
+        self._last_commit = time.monotonic()
+
+    def _append(self, data_path: Path, mask_path: Path, rows: int, row_bytes: int, clips: dict, missing: dict,
+                sums: dict) -> int:
+        """Append the queued clips' rows after the committed ``rows``, fsynced; returns the new row count."""
         with open(data_path, "ab") as fd, open(mask_path, "ab") as fm:
             # A previous commit of this writer that failed half-way may have left rows past the index.
             fd.truncate(rows * row_bytes)
@@ -674,24 +889,13 @@ class StoreWriter:
                 fd.write(data.tobytes())
                 fm.write(mask.astype(np.uint8).tobytes())
                 clips[clip_id] = [rows, int(data.shape[0]), int(mask.sum())]
+                sums[clip_id] = _checksum(data, mask)
                 rows += data.shape[0]
             fd.flush()
             fm.flush()
             os.fsync(fd.fileno())
             os.fsync(fm.fileno())
-        index = {"format": STORE_FORMAT, "segment": self._seg, "rank": self.rank, "dim": self.store.dim,
-                 "dtype": str(self.store.dtype), "rows": rows, "clips": clips, "missing": missing}
-        _atomic_write_synced(base.with_suffix(".json"), json.dumps(index) + "\n")
-        _fsync_dir(seg_dir)
-        for clip_id, data, mask, reason in self._pending:
-            if reason is not None:
-                self.missing[reason] += 1
-            else:
-                self.written += 1
-                self.no_valid += int(not mask.any())
-        self._seg_rows, self._seg_clips, self._seg_missing = rows, clips, missing
-        self._pending = []
-        self._last_commit = time.monotonic()
+        return rows
 
     def close(self) -> None:
         """Commit what is queued; the writer cannot be used afterwards."""

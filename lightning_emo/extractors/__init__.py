@@ -12,8 +12,9 @@ from lightning_emo.extractors.base import (
     build_extractor,
     resolve_weights,
 )
+from lightning_emo.extractors.weights import WeightsDownloadError
 from lightning_emo.extractors import audio, speech_dnn, ssl  # noqa: F401,E402  (register the audio extractors)
 from lightning_emo.extractors import face, face_cnn  # noqa: F401,E402  (register the face extractors)
 
-__all__ = ["EXTRACTORS", "Extractor", "ExtractorSpec", "WeightsNotFoundError", "WeightsSource",
+__all__ = ["EXTRACTORS", "Extractor", "ExtractorSpec", "WeightsDownloadError", "WeightsNotFoundError", "WeightsSource",
            "build_extractor", "resolve_weights"]

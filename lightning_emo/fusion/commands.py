@@ -8,7 +8,7 @@ from pathlib import Path
 from lightning_emo.errors import UsageError, UserError, command, debug_enabled, present
 from lightning_emo.fusion.report import DEFAULT_RULES, expand_rules, fuse_report
 from lightning_emo.fusion.rules import RULES
-from lightning_emo.utils import log, output_dir, setup_logging
+from lightning_emo.utils import check_outputs, log, output_dir, setup_logging
 
 EPILOG = """\
 examples:
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test", help="split the rules are scored on (default: test)")
     p.add_argument("--no-png", action="store_true", help="skip the confusion-matrix PNG")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
+    p.add_argument("--overwrite", action="store_true", help="replace the tables and files of an earlier fuse in --out")
     return p
 
 
@@ -96,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
                              f"({', '.join(metrics)}); expected one head's")
         stored[name] = float(next(iter(metrics.values()))["micro_f1"])
     try:
+        # the fixed files first, before any work; Report.write checks all of them again
+        check_outputs([args.out / "results.md", args.out / "results.csv"], args.overwrite)
         report = fuse_report(models, modalities, rules=args.rules, calibrate=args.calibrate,
                              fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split,
                              crossfit=args.crossfit, stored_f1=stored, select_metric=args.select_metric)
+        written = report.write(args.out, png=not args.no_png, overwrite=args.overwrite)
     except ValueError as e:  # the rules' arguments (crossfit, select_metric) and the files' contents
         if debug_enabled() or isinstance(e, UserError):
             raise
         return present("fuse", e)
-    written = report.write(args.out, png=not args.no_png)
     if not args.quiet:
         print(report.markdown())
     log.info("wrote %d files to %s", len(written), args.out)

@@ -46,7 +46,7 @@ from lightning_emo.errors import UsageError
 from lightning_emo.fusion.metrics import METRICS, TITLES, mcnemar, paired_bootstrap, scores
 from lightning_emo.fusion.rules import RULES, FusionRule, cross_fit_proba, make_rule
 from lightning_emo.registry import UnknownNameError
-from lightning_emo.utils import atomic_path, atomic_write_text
+from lightning_emo.utils import atomic_path, atomic_write_text, check_outputs
 
 AUDIO, VIDEO = "audio", "video"
 PAIR_RULES = ("lr", "ensemble", "prior", "weighted")
@@ -368,8 +368,11 @@ class Report:
             fig.savefig(tmp, format="png", dpi=120)
         return path
 
-    def write(self, out_dir: str | os.PathLike, png: bool = True) -> list[Path]:
+    def write(self, out_dir: str | os.PathLike, png: bool = True, overwrite: bool = True) -> list[Path]:
         """Write everything under ``out_dir`` (atomic per file) and return the paths written.
+
+        With ``overwrite=False`` nothing is written when any of these files exists
+        (:class:`~lightning_emo.utils.OutputExistsError`).
 
         ``results.md``; ``table2_single.csv``, ``table3_fusion.csv``, ``table4_cascade.csv``,
         ``table5_cascade_prior.csv``, ``methods.csv`` (WA, UA, F1 of every method),
@@ -382,6 +385,10 @@ class Report:
         files = {"single": "table2_single.csv", "fusion": "table3_fusion.csv", "cascade": "table4_cascade.csv",
                  "cascade_prior": "table5_cascade_prior.csv", "methods": "methods.csv",
                  "per_class": "per_class_recall.csv"}
+        planned = [out / files[key] for key in self.tables()] + [out / "results.csv", out / "results.md"]
+        planned += [out / r.group / r.rule_name / name for r in self.results
+                    for name in ("predictions.csv", "rule.json")]
+        check_outputs(planned + ([out / "confusion_best.png"] if png and self.results else []), overwrite)
         for key, table in self.tables().items():
             atomic_write_text(out / files[key], table.csv())
             written.append(out / files[key])
@@ -501,6 +508,11 @@ def fuse_report(
                                f"file (needed to fit and score): {', '.join(map(repr, unlabelled[:5]))}",
                                ref.line_of(unlabelled[0]), "label")
     C = len(classes)
+    from lightning_emo.data.checks import check_splits
+
+    # LR (alone or in a cascade) cannot fit on one class; a prior measured on one class says little
+    use = "lr_fusion" if any(r == "lr" or r.startswith("cascade") for r in expand_rules(rules)) else "prior"
+    check_splits(zip(base.splits, labels), classes, use, ref.source, val_split=val_split, test_split=test_split)
 
     singles = []
     for name, p in aligned.items():

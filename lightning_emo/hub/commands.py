@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lightning_emo.errors import EXIT_BAD_INPUT, command, present
-from lightning_emo.utils import atomic_write_text, check_device, output_dir, output_file, setup_logging
+from lightning_emo.utils import (
+    atomic_write_text,
+    check_device,
+    check_outputs,
+    distinct_stems,
+    output_dir,
+    output_file,
+    setup_logging,
+)
 
 __all__ = ["export_main", "infer_main", "push_main", "zoo_main"]
 
@@ -101,6 +109,7 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default with --zoo-entry: <zoo>/models/<name>)")
     p.add_argument("--zoo-entry", default=None, metavar="NAME", help="also list it in the zoo under NAME")
     p.add_argument("--zoo", default=None, help="the zoo directory (default: the repository's zoo/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an exported recognizer already in --out")
     args = p.parse_args(argv)
     setup_logging()
     from lightning_emo.hub.config import RecognizerError
@@ -138,6 +147,7 @@ def export_main(argv: list[str] | None = None) -> int:
     if args.out is None and args.zoo_entry is None:
         p.error("give --out DIR (or --zoo-entry NAME to export into the zoo)")
     out = Path(args.out) if args.out else zoo_dir(args.zoo) / "models" / args.zoo_entry
+    check_outputs([out / name for name in ("config.json", "model.safetensors", "README.md")], args.overwrite)
     try:
         metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     except (OSError, json.JSONDecodeError) as e:
@@ -175,7 +185,8 @@ def push_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lightning-emo push", description=push_main.__doc__,
         epilog="The token comes from HF_TOKEN or `hf auth login`; it is never printed. Only config.json, "
-               "model.safetensors and README.md are uploaded.")
+               "model.safetensors and README.md are uploaded. HF_ENDPOINT picks the Hub; each request waits at most "
+               "LIGHTNING_EMO_HUB_TIMEOUT seconds (default 60).")
     p.add_argument("folder", help="the exported folder (lightning-emo export --out)")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if needed)")
     p.add_argument("--private", action="store_true", help="create the repository private")
@@ -246,6 +257,7 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="timeline", help="timeline output folder (default: timeline/)")
     p.add_argument("--no-plot", action="store_true", help="timeline: skip the PNG")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json/--csv files and timelines")
     args = p.parse_args(argv)
     if args.timeline and not (args.window > 0 and 0 < args.hop):
         p.error("--window and --hop must be positive")
@@ -257,6 +269,14 @@ def infer_main(argv: list[str] | None = None) -> int:
         output_dir(args.out, "--out")
     check_device(args.device, "--device")
     setup_logging()
+    # every output is known before any work: refuse existing ones (and two files given one timeline name)
+    outputs = [f for f in (args.json, args.csv) if f]
+    if args.timeline:
+        from lightning_emo.hub.timeline import timeline_paths
+
+        args.stems = [Path(args.out) / s for s in distinct_stems(args.files)]
+        outputs += [path for stem in args.stems for path in timeline_paths(stem, png=not args.no_plot)]
+    check_outputs(outputs, args.overwrite)  # an existing output or two inputs onto one name: refused here
     from lightning_emo.extractors.weights import set_offline
 
     previous = set_offline(True) if args.local_files_only else None  # extractor weights too, not only the model
@@ -310,17 +330,17 @@ def _infer_timeline(model, args) -> int:
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.timeline import write_timeline
 
-    out = Path(args.out)
     failed = 0
-    for f in args.files:
+    for f, stem in zip(args.files, args.stems):
         try:
             rows = list(model.timeline(f, window=args.window, hop=args.hop))
         except (MediaError, RecognizerError) as e:
             present("infer", e)
             failed += 1
             continue
-        written = write_timeline(rows, model.classes, model.modalities, out / Path(f).stem, png=not args.no_plot,
-                                 meta={"file": str(f), "model": args.model, "window": args.window, "hop": args.hop})
+        written = write_timeline(rows, model.classes, model.modalities, stem, png=not args.no_plot,
+                                 meta={"file": str(f), "model": args.model, "window": args.window, "hop": args.hop},
+                                 overwrite=args.overwrite)
         if not args.quiet:
             header = ["start", "end", "label", "confidence", *model.modalities, "missing"]
             table = [[f"{r.start:.1f}", f"{r.end:.1f}", r.prediction.label or "(none)",

@@ -46,6 +46,9 @@ from lightning_emo.hub.config import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     RecognizerError,
+    check_weights_digest,
+    file_sha256,
+    parse_config,
     validate_config,
 )
 from lightning_emo.utils import atomic_path, atomic_write_text, log
@@ -243,6 +246,11 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
                       if k in tensors and shape and tuple(tensors[k].shape) != shape}
         if missing or unexpected or mismatched:
             raise StrictLoadError(source, missing, unexpected, mismatched)
+        for key, value in tensors.items():  # NaN weights predict confidently: refuse them by name
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise RecognizerError(f"{source}: tensor {key!r} holds {bad} NaN/infinite value(s) of "
+                                      f"{value.numel()}: the weights are damaged; export or download them again")
         own = set(self.state_dict())
         self.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=True)
         self._embedded = {}
@@ -262,7 +270,12 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(save_directory / WEIGHTS_NAME) as tmp:
-            save_file(self.tensors(), str(tmp), metadata={"format": "pt", "lightning_emo": "recognizer"})
+            # the class order the heads were saved in travels inside the weights file too (checked on load)
+            save_file(self.tensors(), str(tmp), metadata={"format": "pt", "lightning_emo": "recognizer",
+                                                          "classes": json.dumps(self.classes)})
+            digest = file_sha256(tmp)
+        # config.json names the exact weights file it goes with (checked on load)
+        self.config["weights"] = {"file": WEIGHTS_NAME, "sha256": digest}
         atomic_write_text(save_directory / CARD_NAME, str(self.generate_model_card()))
         atomic_write_text(save_directory / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=False) + "\n")
 
@@ -337,12 +350,14 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
             config_file, weights_file, commit = _download(model_id, revision, cache_dir, force_download,
                                                           local_files_only, token)
             source = {"repo_id": model_id, "revision": commit or revision}
-        try:
-            config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RecognizerError(f"{config_file}: not valid JSON ({e})") from None
+        config = parse_config(Path(config_file).read_bytes(), config_file)
         model = cls(config)
-        model.load_tensors(_read_safetensors(weights_file), source=str(weights_file))
+        model.load_tensors(_read_safetensors(weights_file), source=str(weights_file))  # keys, shapes, finite
+        _check_weight_classes(model.classes, weights_file, config_file)
+        if not check_weights_digest(model.config, weights_file, config_file):
+            log.warning("%s records no digest of %s (exported before configs were bound to their weights): "
+                        "nothing checks that the two belong together; re-save it with save_pretrained to bind them",
+                        config_file, WEIGHTS_NAME)
         model.source = source
         model.hub_options = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         return model.to(map_location)
@@ -393,8 +408,8 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
 
     def _build_extractor(self, m: str):
         """Rebuild modality ``m``'s frozen extractor from its spec (embedded weights materialised privately)."""
-        from lightning_emo.extractors.base import ExtractorSpec, WeightsNotFoundError
-        from lightning_emo.extractors.base import EXTRACTORS
+        from lightning_emo.extractors.base import EXTRACTORS, ExtractorSpec, WeightsNotFoundError
+        from lightning_emo.extractors.weights import WeightsDownloadError
         from lightning_emo.extractors.runner import build_for_extraction, register_extractors
 
         register_extractors()
@@ -424,7 +439,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
                     extractor = build_for_extraction(spec.name, options, weights=path, fps=fps)
             else:
                 extractor = build_for_extraction(spec.name, options, fps=fps)
-        except WeightsNotFoundError as e:
+        except (WeightsNotFoundError, WeightsDownloadError) as e:
             raise RecognizerError(f"modality {m!r}: the weights of extractor {spec.name!r} are not available: "
                                   f"{e}") from None
         built = extractor.spec
@@ -647,6 +662,30 @@ def resample_frames(frames: torch.Tensor, fps: float | None, target: float | Non
     n = max(1, int(math.ceil(duration * float(target) - 1e-6)))
     idx = np.minimum(np.round(np.arange(n) / float(target) * float(fps)).astype(np.int64), len(frames) - 1)
     return frames[torch.as_tensor(idx)]
+
+
+def _check_weight_classes(classes: list[str], weights_file: Path, config_file: Path) -> None:
+    """The class order ``model.safetensors`` was saved with must be ``config.json``'s, name by name."""
+    from safetensors import safe_open
+
+    from lightning_emo.data.checks import match_classes
+
+    with safe_open(str(weights_file), "pt") as f:
+        meta = f.metadata() or {}
+    if "classes" not in meta:
+        return  # saved before the class list travelled with the weights
+    try:
+        saved = json.loads(meta["classes"])
+    except json.JSONDecodeError:
+        raise RecognizerError(f"{weights_file}: the 'classes' metadata is not a JSON list") from None
+    # heads and the fusion state index classes by position: another order cannot be reordered here
+    match_classes(saved, classes, weights_file, config_file, reorder=False, error=_ClassesError,
+                  what="the heads' class order")
+
+
+class _ClassesError(RecognizerError):
+    def __init__(self, file, message):
+        super().__init__(f"{file}: {message}")
 
 
 def _read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

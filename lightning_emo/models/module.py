@@ -47,7 +47,7 @@ from torchmetrics.classification import (
 )
 
 from lightning_emo.models.heads import Head, build_head, reorder_output_rows, valid_frames
-from lightning_emo.utils import log
+from lightning_emo.utils import LocatedError, log
 
 SPLITS = ("train", "val", "test")
 
@@ -57,6 +57,12 @@ warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\
                         category=PossibleUserWarning)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = (None, "plateau", "cosine")
+
+
+class NonFiniteError(LocatedError):
+    """A NaN or infinite loss or posterior: training stops (nothing of that epoch is saved), predict refuses."""
+
+    kind = "clip"
 
 
 def balanced_class_weights(class_counts: list[int] | torch.Tensor) -> torch.Tensor:
@@ -424,6 +430,8 @@ class EmotionModule(pl.LightningModule):
             getattr(self, f"{split}_loss").update(loss.detach(), weight=n)
         else:  # keeps the graph (DDP needs every rank to backward) without a NaN
             loss = logits.sum() * 0.0
+        if not torch.isfinite(loss):  # checked on every split: a model that outputs NaN is never checkpointed
+            self._non_finite(batch, f"the {'training' if split == 'train' else split} loss", float(loss.detach()))
         if split == "train":  # this process's loss, for the progress bar (the epoch mean is synchronised)
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=max(n, 1))
@@ -445,11 +453,40 @@ class EmotionModule(pl.LightningModule):
         """-> ``{"clip_id": [B], "split": [B], "label": (B,), "probs": (B, C)}``, NaN rows for unseen clips."""
         logits, seen = self._logits(batch)
         probs = logits.float().softmax(-1)
+        bad = seen & ~torch.isfinite(probs).all(dim=1)
+        if bad.any():  # a NaN row would be written as "no input", a wrong result
+            self._non_finite(batch, "the posteriors", float("nan"), rows=bad)
         probs = torch.where(seen[:, None], probs, torch.full_like(probs, float("nan")))
         b = probs.shape[0]
         return {"clip_id": list(batch.get("clip_id", [""] * b)), "split": list(batch.get("split", [""] * b)),
                 "label": self._labels(batch).detach().cpu() if "label" in batch else torch.full((b,), -1),
                 "probs": probs.detach().cpu()}
+
+    def _non_finite(self, batch: dict[str, Any], what: str, value: float, rows: torch.Tensor | None = None) -> None:
+        """Stop with a :class:`NonFiniteError` naming the clips and whether their features were already bad.
+
+        Raised inside the step, so the epoch never completes and no checkpoint callback saves it.
+        """
+        ids = [str(c) for c in batch.get("clip_id", [])]
+        with torch.no_grad():
+            x, lengths, mask = self.features(batch)
+            bad_input = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+        if rows is not None:
+            ids = [c for c, r in zip(ids, rows.tolist()) if r] or ids
+        bad_ids = [c for c, r in zip([str(c) for c in batch.get("clip_id", [])], bad_input.tolist()) if r]
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        source = getattr(getattr(dm, "manifest", None), "source", None) or "the training data"
+        where = (bad_ids or ids or [None])[0]
+        at = f"epoch {self.current_epoch}, step {self.global_step}" if self._trainer is not None else "a batch"
+        if bad_ids:
+            why = (f"the input features of {len(bad_ids)} clip(s) are not finite ({', '.join(bad_ids[:5])}): the "
+                   "feature store is damaged; verify it and re-extract those clips (lightning-emo extract)")
+        else:
+            why = ("the features are finite, so training diverged: lower model.init_args.lr, keep "
+                   "input_norm on, or set trainer.gradient_clip_val")
+        raise NonFiniteError(source, f"{what} is {value} at {at} (clips in the batch: {', '.join(ids[:5])}"
+                             f"{', ...' if len(ids) > 5 else ''}); {why}. Nothing of this epoch was saved.",
+                             None, where)
 
     # --------------------------------------------------------------- metrics
     def on_train_epoch_end(self) -> None:
@@ -660,9 +697,16 @@ class ExtractorFinetuning(BaseFinetuning):
         self.freeze(pl_module.extractor, train_bn=False)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
-        if epoch != self.unfreeze_at_epoch:
+        if epoch < self.unfreeze_at_epoch:
             return
         blocks = top_blocks(pl_module.extractor, self.layers)
+        if epoch > self.unfreeze_at_epoch:
+            if not any(p.requires_grad for b in blocks for p in b.parameters()):
+                # a run resumed after the unfreezing epoch: Lightning restored the blocks' parameter group
+                # (BaseFinetuning.on_fit_start) but setup() froze them again
+                self.make_trainable(blocks)
+                pl_module.train(pl_module.training)
+            return
         lr = self.lr if self.lr is not None else optimizer.param_groups[0]["lr"] / 10
         self.unfreeze_and_add_param_group(blocks, optimizer, lr=lr, train_bn=True)
         pl_module.train(pl_module.training)  # unfrozen blocks leave eval mode
