@@ -25,8 +25,9 @@ FAST_EXTRACT = ["--num-workers", "0", "--trainer.accelerator", "cpu"]
 
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch):
-    """Tracebacks off (``--traceback`` sets the variable process-wide: restored after each test)."""
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    """Tracebacks off; ``--traceback`` sets the variable process-wide, and setenv (unlike delenv of an
+    absent variable) makes monkeypatch remove it again after the test."""
+    monkeypatch.setenv(DEBUG_ENV, "0")
 
 
 @pytest.fixture(scope="module")
