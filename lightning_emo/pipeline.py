@@ -336,6 +336,10 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
     if last.is_file():
         log.info(f"{name}: resuming the interrupted training from {last}")
         args += ["--ckpt_path", str(last)]
+    elif (runs / name / "fit").exists():  # this protocol's own run, stopped before its first epoch ended
+        import shutil
+
+        shutil.rmtree(runs / name / "fit")
     import torch
 
     threads = torch.get_num_threads()

@@ -110,11 +110,11 @@ def test_push_pull_infer_round_trip(tiny, hub, tmp_path, capsys, caplog):
                        tmp_path / "main.json", "--quiet"], capsys)
     assert rc == 0, err and _predictions(tmp_path / "main.json") == _predictions(tmp_path / "local.json")
     hub.stop()
-    for ref in (f"hf-hub:org/tiny@{commit}", "hf-hub:org/tiny"):
+    for i, ref in enumerate((f"hf-hub:org/tiny@{commit}", "hf-hub:org/tiny")):
         rc, _, err = _run(["infer", tiny["clip"], "--model", ref, "--cache-dir", cache, "--offline", "--json",
-                           tmp_path / "offline.json", "--quiet"], capsys)
+                           tmp_path / f"offline{i}.json", "--quiet"], capsys)
         assert rc == 0, err
-        assert _predictions(tmp_path / "offline.json") == _predictions(tmp_path / "local.json")
+        assert _predictions(tmp_path / f"offline{i}.json") == _predictions(tmp_path / "local.json")
 
 
 def test_push_to_a_branch_keeps_the_pinned_commit(tiny, hub, tmp_path, capsys):

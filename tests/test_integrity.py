@@ -741,3 +741,40 @@ def test_training_on_a_damaged_store_stops_before_any_checkpoint(tmp_path, capsy
                  "--data.init_args.features", str(tmp_path / "audio"), "--trainer.max_epochs", "2", *QUIET]) == 2
     assert "does not match the checksum" in capsys.readouterr().err
     assert not list(Path("runs").rglob("*.ckpt"))
+
+
+def test_zoo_entry_listing_other_classes_than_its_model_is_refused(tmp_path):
+    import shutil
+
+    import yaml
+
+    from lightning_emo.hub import Recognizer, RecognizerError
+
+    zoo = tmp_path / "zoo"
+    (zoo / "models").mkdir(parents=True)
+    shutil.copytree(ZOO_DEMO, zoo / "models" / "synthetic-demo")
+    entry = yaml.safe_load((ZOO_DEMO.parents[1] / "synthetic-demo.yaml").read_text())
+    entry["classes"] = list(reversed(entry["classes"]))  # another order: the listing still names the same classes
+    (zoo / "synthetic-demo.yaml").write_text(yaml.safe_dump(entry))
+    assert Recognizer.from_pretrained("synthetic-demo", zoo=zoo).classes[0] == "angry"
+    entry["classes"][0] = "calm"
+    (zoo / "synthetic-demo.yaml").write_text(yaml.safe_dump(entry))
+    with pytest.raises(RecognizerError, match=r"zoo entry 'synthetic-demo' vs its model.*only in .*yaml: calm"):
+        Recognizer.from_pretrained("synthetic-demo", zoo=zoo)
+
+
+def test_fit_through_the_cli_stops_on_divergence_without_checkpointing_it(tmp_path):
+    import torch
+
+    from lightning_emo.cli import main
+    from lightning_emo.models.module import NonFiniteError
+
+    make_toy_corpus(tmp_path, dims=(("audio", 6),))
+    with pytest.raises(NonFiniteError, match="diverged"):
+        main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
+              "--data.init_args.features", str(tmp_path / "audio"), "--data.init_args.batch_size", "4",
+              "--model.init_args.optimizer", "sgd", "--model.init_args.lr", "1e36",
+              "--model.init_args.input_norm", "false", "--trainer.max_epochs", "3", *QUIET])
+    for f in Path("runs").rglob("*.ckpt"):  # last.ckpt / best: never a model with non-finite weights
+        state = torch.load(f, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), f

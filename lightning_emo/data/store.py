@@ -46,9 +46,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import xxhash
 
-from lightning_emo.errors import UserError
+from lightning_emo.data.integrity import FeatureStoreError, check_segments, segment_checksums
+from lightning_emo.data.integrity import checksum as _checksum
 from lightning_emo.specs import ExtractorSpec
 from lightning_emo.utils import atomic_write_text, disk_full, log, sha256_file
 
@@ -67,10 +67,6 @@ DTYPES = ("float16", "float32")
 # Builder options that do not change the features (speed, where files are cached, a local weight
 # file's path: the file itself enters the key through its sha256).
 NON_CONTENT_OPTIONS = frozenset({"batch_size", "weights", "cache_dir", "local_files_only", "download"})
-
-
-class FeatureStoreError(UserError, RuntimeError):
-    """A store that cannot be used as asked; the message names the store and what was expected."""
 
 
 class StaleStoreError(FeatureStoreError):
@@ -468,24 +464,7 @@ class FeatureStore:
                 "stamps": stamp, "clips": clips, "missing": missing, "duplicates": dup, "unchecked": unchecked}
 
     def _check_segments(self, index: Mapping[str, Any]) -> None:
-        """Every segment as ``store.json`` describes it: its dim and dtype, files at least as long as committed."""
-        dtype = str(self._dtype)
-        for name, rows, dim, seg_dtype in zip(index["segments"], index["rows"], index["dims"], index["dtypes"]):
-            if (dim is not None and int(dim) != self.dim) or (seg_dtype is not None and seg_dtype != dtype):
-                raise FeatureStoreError(
-                    f"feature store {self.path}: {STORE_FILE} says dim {self.dim}, dtype {dtype} but segment "
-                    f"{name} was written with dim {dim}, dtype {seg_dtype}: {STORE_FILE} was edited (or mixed with "
-                    f"another store's segments); reading on would reinterpret the data. Restore \"dim\": {dim}, "
-                    f"\"dtype\": \"{seg_dtype}\" in {STORE_FILE}, or re-run extract into a new directory")
-            base = self.path / SEGMENTS_DIR / name
-            for p, need in ((base.with_suffix(_data_suffix(self._dtype)), rows * self.dim * self._dtype.itemsize),
-                            (base.with_suffix(".mask"), rows)):
-                size = p.stat().st_size if p.is_file() else -1
-                if rows and size < need:
-                    raise FeatureStoreError(
-                        f"feature store {self.path}: segment file {p.name} holds {max(size, 0)} bytes, its index "
-                        f"{name}.json commits {need}: the file was truncated or removed after writing; re-run "
-                        "extract into a new directory")
+        check_segments(self.path / SEGMENTS_DIR, STORE_FILE, self.dim, self._dtype, index)
 
     def _record_checksums(self, listing: list[Path], index: dict[str, Any]) -> dict[str, Any]:
         """Give segments written before checksums existed theirs (values checked finite first); see the module doc.
@@ -498,37 +477,18 @@ class FeatureStore:
                         "existed are read unverified (a writer is active: they are recorded when none is)")
             return index
         try:
-            names = set(index["unchecked"])
             done = 0
-            for p in listing:
-                if p.stem not in names:
-                    continue
+            for p in (q for q in listing if q.stem in set(index["unchecked"])):
                 seg = json.loads(p.read_text())
-                i = index["segments"].index(p.stem)
-                self._check_segments({"segments": [p.stem], "rows": [index["rows"][i]], "dims": [seg.get("dim")],
-                                      "dtypes": [seg.get("dtype")]})
-                base = self.path / SEGMENTS_DIR / p.stem
-                rows = int(seg["rows"])
-                feats = np.memmap(base.with_suffix(_data_suffix(self._dtype)), dtype=self._dtype.newbyteorder("<"),
-                                  mode="r", shape=(rows, self.dim)) if rows else np.zeros((0, self.dim))
-                mask = np.memmap(base.with_suffix(".mask"), dtype=np.bool_, mode="r", shape=(rows,)) if rows \
-                    else np.zeros((0,), bool)
-                sums = {}
-                for cid, (offset, length, _) in seg["clips"].items():
-                    x = feats[offset:offset + length]
-                    if not np.isfinite(x).all():
-                        raise FeatureStoreError(f"feature store {self.path}: clip {cid!r} (segment {p.stem}) holds "
-                                                "NaN or infinite features: re-run extract into a new directory")
-                    sums[cid] = _checksum(x, mask[offset:offset + length])
-                del feats, mask
-                seg["checksums"] = sums
+                seg["checksums"] = segment_checksums(self.path / SEGMENTS_DIR, p.stem, seg, STORE_FILE, self.dim,
+                                                     self._dtype)
                 try:
                     _atomic_write_synced(p, json.dumps(seg) + "\n")
                 except OSError as e:  # a read-only store: verified this time, recorded never
                     log.warning(f"feature store {self.path}: cannot record checksums in {p.name} ({e}); its clips "
                                 "are read unverified")
                     return index
-                done += len(sums)
+                done += len(seg["checksums"])
             log.info(f"feature store {self.path}: recorded checksums of {done} clip(s) written before checksums "
                      "existed (their values were checked finite; later changes to their bytes are now refused)")
         finally:
@@ -596,14 +556,6 @@ class FeatureStore:
         if not self.selection:
             raise FeatureStoreError(f"feature store {self.path} is not a selected (derived) store")
         return self.path / self.selection["selector"]
-
-
-def _checksum(feats: np.ndarray, mask: np.ndarray) -> str:
-    """xxh3-64 of a clip's rows (as stored: little-endian) then its mask bytes (one 0/1 byte per row)."""
-    h = xxhash.xxh3_64()
-    h.update(np.ascontiguousarray(feats))
-    h.update(np.ascontiguousarray(mask, dtype=np.bool_))
-    return h.hexdigest()
 
 
 def _data_suffix(dtype: np.dtype) -> str:
@@ -858,8 +810,8 @@ class StoreWriter:
             full = disk_full(e, e.filename or data_path,
                              kept=f"the store {self.store.path} keeps every clip committed before "
                                   f"({committed} by this run, {len(self.store)} before it); the "
-                                  f"{len(self._pending)} clips in flight were not written, and a re-run resumes "
-                                  "after the committed ones")
+                                  f"{len(self._pending)} clips in flight were not written",
+                             then="run the same command again: it resumes after the committed clips")
             if full is None:
                 raise
             raise full from e

@@ -330,9 +330,18 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         if model_kwargs:
             raise TypeError(f"Recognizer.from_pretrained got unexpected arguments: {', '.join(model_kwargs)}")
         kind, target, rev = resolve_reference(pretrained_model_name_or_path, revision, zoo=zoo)
-        return cls._from_pretrained(model_id=target if kind == "hub" else str(target), revision=rev,
-                                    cache_dir=cache_dir, force_download=force_download,
-                                    local_files_only=local_files_only, token=token, map_location=map_location)
+        model = cls._from_pretrained(model_id=target if kind == "hub" else str(target), revision=rev,
+                                     cache_dir=cache_dir, force_download=force_download,
+                                     local_files_only=local_files_only, token=token, map_location=map_location)
+        name = str(pretrained_model_name_or_path)
+        if not os.path.isdir(name) and name in zoo_mod.entry_names(zoo):  # the zoo's listing must tell the truth
+            from lightning_emo.data.checks import match_classes
+
+            entry = zoo_mod.get_entry(name, zoo)
+            match_classes(entry.classes, model.classes, entry.file or name, model.source.get("path") or
+                          model.source.get("repo_id") or name, what=f"zoo entry {name!r} vs its model",
+                          error=_ClassesError)
+        return model
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | os.PathLike | None,

@@ -47,7 +47,8 @@ from torchmetrics.classification import (
 )
 
 from lightning_emo.models.heads import Head, build_head, reorder_output_rows, valid_frames
-from lightning_emo.utils import LocatedError, log
+from lightning_emo.models.guards import NonFiniteError, non_finite_error
+from lightning_emo.utils import log
 
 SPLITS = ("train", "val", "test")
 
@@ -57,12 +58,6 @@ warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\
                         category=PossibleUserWarning)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = (None, "plateau", "cosine")
-
-
-class NonFiniteError(LocatedError):
-    """A NaN or infinite loss or posterior: training stops (nothing of that epoch is saved), predict refuses."""
-
-    kind = "clip"
 
 
 def balanced_class_weights(class_counts: list[int] | torch.Tensor) -> torch.Tensor:
@@ -463,30 +458,13 @@ class EmotionModule(pl.LightningModule):
                 "probs": probs.detach().cpu()}
 
     def _non_finite(self, batch: dict[str, Any], what: str, value: float, rows: torch.Tensor | None = None) -> None:
-        """Stop with a :class:`NonFiniteError` naming the clips and whether their features were already bad.
-
-        Raised inside the step, so the epoch never completes and no checkpoint callback saves it.
-        """
-        ids = [str(c) for c in batch.get("clip_id", [])]
+        """Stop with a :class:`NonFiniteError` (raised inside the step: no checkpoint callback saves that epoch)."""
         with torch.no_grad():
-            x, lengths, mask = self.features(batch)
-            bad_input = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-        if rows is not None:
-            ids = [c for c, r in zip(ids, rows.tolist()) if r] or ids
-        bad_ids = [c for c, r in zip([str(c) for c in batch.get("clip_id", [])], bad_input.tolist()) if r]
+            x = self.features(batch)[0]
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        source = getattr(getattr(dm, "manifest", None), "source", None) or "the training data"
-        where = (bad_ids or ids or [None])[0]
         at = f"epoch {self.current_epoch}, step {self.global_step}" if self._trainer is not None else "a batch"
-        if bad_ids:
-            why = (f"the input features of {len(bad_ids)} clip(s) are not finite ({', '.join(bad_ids[:5])}): the "
-                   "feature store is damaged; verify it and re-extract those clips (lightning-emo extract)")
-        else:
-            why = ("the features are finite, so training diverged: lower model.init_args.lr, keep "
-                   "input_norm on, or set trainer.gradient_clip_val")
-        raise NonFiniteError(source, f"{what} is {value} at {at} (clips in the batch: {', '.join(ids[:5])}"
-                             f"{', ...' if len(ids) > 5 else ''}); {why}. Nothing of this epoch was saved.",
-                             None, where)
+        raise non_finite_error(batch, x, what, value, at, getattr(getattr(dm, "manifest", None), "source", None),
+                               rows)
 
     # --------------------------------------------------------------- metrics
     def on_train_epoch_end(self) -> None:
