@@ -777,3 +777,17 @@ def test_fit_through_the_cli_stops_on_divergence_without_checkpointing_it(tmp_pa
     for f in Path("runs").rglob("*.ckpt"):  # last.ckpt / best: never a model with non-finite weights
         state = torch.load(f, map_location="cpu", weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), f
+
+
+@pytest.mark.parametrize("stage,change,text", [
+    ("test", lambda f: None if f[3] == "test" else f, "no clips in split 'test': nothing to score on"),
+    ("validate", lambda f: None if f[3] == "val" else f, "no clips in split 'val': there is nothing to validate"),
+])
+def test_validate_and_test_refuse_an_empty_split(toy_run, stage, change, text):
+    from lightning_emo.cli import main
+
+    root, run, best, _ = toy_run
+    bad = _rewrite_splits(root / "manifest.csv", root / f"no_{stage}", change)
+    with pytest.raises(CorpusError, match=text):
+        main([stage, "--config", str(run / "config.yaml"), "--ckpt_path", str(best), "--data.init_args.manifest",
+              str(bad), *QUIET])
