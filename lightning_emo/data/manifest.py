@@ -212,7 +212,7 @@ def _check_inside_root(file: Path, line: int, clip_path: str) -> None:
     owner's own arrangement (media kept on another disk) and are followed.
     """
     p = clip_path.replace("\\", "/")
-    if os.path.isabs(clip_path) or p.startswith("/") or (len(p) > 1 and p[1] == ":"):
+    if os.path.isabs(clip_path) or p.startswith("/") or (len(p) > 2 and p[0].isalpha() and p[1:3] == ":/"):
         raise ManifestError(file, f"absolute media path {clip_path!r}: paths must be relative to the corpus root "
                             "(see the sidecar's 'root' or --root)", line, "path")
     depth = 0
