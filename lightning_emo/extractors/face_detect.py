@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torchvision.ops import box_iou, roi_align
 from lightning_emo.registry import Registry
 
 __all__ = ["FACE_DETECTORS", "FaceCrops", "FaceDetector", "MTCNNDetector", "NoDetector", "build_face_detector",
-           "Track", "crop_boxes", "square_boxes", "track_main_face"]
+           "Track", "crop_boxes", "smooth_boxes", "square_boxes", "track_main_face"]
 
 FACE_DETECTORS: Registry = Registry("face detector")
 
@@ -143,11 +143,13 @@ def _corners(cs: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Track:
-    """The main face of a clip: ``boxes (N, 4)`` (tight, smoothed), ``scores (N,)``, ``found (N,) bool``."""
+    """The main face of a clip: ``boxes (N, 4)`` (tight, smoothed), ``scores (N,)``, ``found (N,) bool`` and
+    ``segment (N,)`` (which continuous stretch of the track a frame belongs to; -1 without a face)."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
     found: torch.Tensor
+    segment: torch.Tensor | None = None
 
 
 def track_main_face(
@@ -188,7 +190,7 @@ def track_main_face(
     segment = torch.full((n,), -1, dtype=torch.long)
     counts = [len(d) for d in dets]
     if sum(counts) == 0:
-        return Track(boxes, scores, found)
+        return Track(boxes, scores, found, segment)
 
     # 1. seed
     all_d = torch.cat(dets)
@@ -244,16 +246,29 @@ def track_main_face(
             t += direction
 
     # 3. smooth centre and size within each segment
-    if smooth > 0:
-        cs = _center_size(boxes)
-        out = cs.clone()
-        idx = torch.nonzero(found).flatten().tolist()
-        for t in idx:
-            lo, hi = max(0, t - smooth), min(n, t + smooth + 1)
-            sel = found[lo:hi] & (segment[lo:hi] == segment[t])
-            out[t] = cs[lo:hi][sel].mean(dim=0)
-        boxes = torch.where(found[:, None], _corners(out), torch.zeros_like(boxes))
-    return Track(boxes, scores, found)
+    boxes = smooth_boxes(boxes, found, segment, smooth)
+    return Track(boxes, scores, found, segment)
+
+
+def smooth_boxes(boxes: torch.Tensor, found: torch.Tensor, segment: torch.Tensor, smooth: int) -> torch.Tensor:
+    """Average centres and sizes over the found frames within ``smooth`` frames on each side, inside one segment.
+
+    Args:
+        boxes: ``(N, 4)``; found: ``(N,)`` bool; segment: ``(N,)`` segment of each found frame.
+
+    Returns:
+        ``(N, 4)`` smoothed boxes, zeros where ``found`` is False.
+    """
+    if smooth <= 0 or not found.any():
+        return torch.where(found[:, None], boxes, torch.zeros_like(boxes))
+    n = len(found)
+    cs = _center_size(boxes)
+    out = cs.clone()
+    for t in torch.nonzero(found).flatten().tolist():
+        lo, hi = max(0, t - smooth), min(n, t + smooth + 1)
+        sel = found[lo:hi] & (segment[lo:hi] == segment[t])
+        out[t] = cs[lo:hi][sel].mean(dim=0)
+    return torch.where(found[:, None], _corners(out), torch.zeros_like(boxes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,6 +296,13 @@ class FaceDetector(nn.Module):
         self.margin = float(margin)
         self.batch_size = int(batch_size)
         self.tracking = dict(tracking)
+        # when the detector runs (lightning_emo.extractors.face_track); None: on every frame, without
+        # shot cuts (detectors whose frames are already crops)
+        self.policy = None
+
+    def cache_options(self) -> dict[str, Any]:
+        """The settings that change the crops beyond the options a user gave (recorded in feature stores' keys)."""
+        return {}
 
     @property
     def device(self) -> torch.device:
@@ -295,11 +317,20 @@ class FaceDetector(nn.Module):
     def forward(self, frames: torch.Tensor, crop_size: int | None = None) -> FaceCrops:
         """One clip: ``frames (N, H, W, 3) uint8`` -> :class:`FaceCrops` with crops ``(N, 3, S, S)``."""
         frames = _as_frames(frames)
+        if self.policy is not None:
+            return self._from_track(frames, self._tracks([frames])[0], crop_size or self.crop_size)
         return self._from_detections(frames, self.detect(frames), crop_size or self.crop_size)
 
+    def _tracks(self, clips: list[torch.Tensor]) -> list[Track]:
+        from lightning_emo.extractors.face_track import detect_and_track
+
+        return detect_and_track(self.detect, clips, self.policy, self.tracking)
+
     def _from_detections(self, frames: torch.Tensor, detections: list[torch.Tensor], size: int) -> FaceCrops:
+        return self._from_track(frames, track_main_face(detections, **self.tracking), size)
+
+    def _from_track(self, frames: torch.Tensor, track: Track, size: int) -> FaceCrops:
         n, h, w = frames.shape[:3]
-        track = track_main_face(detections, **self.tracking)
         crops = torch.zeros(n, 3, size, size, device=frames.device)
         squares = torch.zeros(n, 4)
         idx = torch.nonzero(track.found).flatten()
@@ -337,8 +368,11 @@ class FaceDetector(nn.Module):
             raise ValueError(f"crop_batch: {len(clips)} clips but {len(lengths)} lengths")
         clips = [_as_frames(c)[:n] for c, n in zip(clips, lengths)]
         size = crop_size or self.crop_size
-        per_clip = self._detect_clips(clips)
-        results = [self._from_detections(c, d, size) for c, d in zip(clips, per_clip)]
+        if self.policy is not None:
+            results = [self._from_track(c, t, size) for c, t in zip(clips, self._tracks(clips))]
+        else:
+            per_clip = self._detect_clips(clips)
+            results = [self._from_detections(c, d, size) for c, d in zip(clips, per_clip)]
         b, n_max = len(clips), max(lengths, default=0)
         device = clips[0].device if clips else torch.device("cpu")
         out = FaceCrops(torch.zeros(b, n_max, 3, size, size, device=device),
@@ -379,14 +413,29 @@ class MTCNNDetector(FaceDetector):
             threshold lets through some non-faces; 0.9 keeps nearly all real ones).
         detect_size: frames whose longer side exceeds it are scaled down to it for detection
             (boxes are mapped back; crops come from the full-resolution frames). ``None``: never.
+        detect_every, cut_threshold, redetect_score, redetect_iou, redetect_similarity: when the
+            detector runs (:class:`~lightning_emo.extractors.face_track.TrackingPolicy`; ``None``:
+            its default). ``detect_every=1`` detects on every frame.
         crop_size, margin, batch_size, tracking: see :class:`FaceDetector`.
     """
 
     def __init__(self, crop_size: int = 160, margin: float = 0.2, batch_size: int = 32,
                  min_face_size: int = 40, thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 min_score: float = 0.9, detect_size: int | None = 640, **tracking):
+                 min_score: float = 0.9, detect_size: int | None = 640, detect_every: int | None = None,
+                 cut_threshold: float | None = None, redetect_score: float | None = None,
+                 redetect_iou: float | None = None, redetect_similarity: float | None = None, **tracking):
         super().__init__(crop_size=crop_size, margin=margin, batch_size=batch_size, **tracking)
         from facenet_pytorch import MTCNN
+
+        from lightning_emo.extractors.face_track import TrackingPolicy
+
+        given = {"detect_every": detect_every, "cut_threshold": cut_threshold, "redetect_score": redetect_score,
+                 "redetect_iou": redetect_iou, "redetect_similarity": redetect_similarity}
+        self.policy = TrackingPolicy(**{k: v for k, v in given.items() if v is not None})
+        if detect_size is not None and (not isinstance(detect_size, int) or isinstance(detect_size, bool)
+                                        or detect_size < 32):
+            raise ValueError(f"MTCNN detect_size must be an integer >= 32 (pixels of the longer side) or None "
+                             f"(detect at full resolution), got {detect_size!r}")
 
         if len(thresholds) != 3:
             raise ValueError(f"MTCNN expects three thresholds (P-, R-, O-net), got {list(thresholds)}")
@@ -398,6 +447,9 @@ class MTCNNDetector(FaceDetector):
         # the P/R/O-net weights are files inside the facenet-pytorch package (no download)
         self.mtcnn = MTCNN(keep_all=True, select_largest=False, min_face_size=self.min_face_size,
                            thresholds=self.thresholds, factor=self.factor).eval().requires_grad_(False)
+
+    def cache_options(self) -> dict[str, Any]:
+        return {"detect_size": self.detect_size, **self.policy.to_dict()}
 
     @torch.no_grad()
     def detect(self, frames: torch.Tensor) -> list[torch.Tensor]:
