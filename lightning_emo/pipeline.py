@@ -39,6 +39,8 @@ class FeatureSet:
         options: the extractor builder's keyword arguments (e.g. ``{"layer": 9}``).
         weights: a local weights file for extractors that load one.
         detector: the face detector (``mtcnn``, or ``none`` for corpora of face crops).
+        detector_options: its options (mtcnn: ``detect_every``, ``cut_threshold``, ``redetect_*``,
+            ``detect_size``, ``min_face_size``...; see ``lightning-emo extract --help``).
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
         dtype: the stored dtype; ``float32`` for features beyond float16's range (openSMILE's).
@@ -49,6 +51,7 @@ class FeatureSet:
     options: dict[str, Any] = field(default_factory=dict)
     weights: Optional[str] = None
     detector: str = "mtcnn"
+    detector_options: dict[str, Any] = field(default_factory=dict)
     fps: Optional[float] = None
     select: Optional[int] = None
     dtype: str = "float16"
@@ -135,7 +138,7 @@ def run_protocol(p: Protocol) -> Any:
     stores: dict[str, Path] = {}
     for name, modality, fs in sets:
         store = extract(manifest_path, fs.extractor, out / "features", options=fs.options, weights=fs.weights,
-                        detector=fs.detector, fps=fs.fps, batch_size=p.batch_size, num_workers=p.num_workers,
+                        detector=fs.detector, detector_options=fs.detector_options or None, fps=fs.fps, batch_size=p.batch_size, num_workers=p.num_workers,
                         name=_store_name(fs), select=fs.select, dtype=fs.dtype, trainer=p.extract_trainer or None)
         if (store.modality == "audio") != (modality == "audio"):
             raise ValueError(f"feature set {name!r} is listed under {modality} but extractor {fs.extractor!r} "
@@ -183,6 +186,7 @@ def _store_name(fs: FeatureSet) -> str:
     parts += [f"{k}{v}" for k, v in sorted(fs.options.items())]
     if fs.detector != "mtcnn":
         parts.append(f"det-{fs.detector}")
+    parts += [f"{k}{v}" for k, v in sorted(fs.detector_options.items())]
     if fs.fps:
         parts.append(f"fps{fs.fps:g}")
     return "-".join(str(x).replace("/", "_").replace(" ", "") for x in parts)

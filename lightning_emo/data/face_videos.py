@@ -117,17 +117,24 @@ def render_frames(shots: Sequence[Shot], height: int, width: int) -> Iterator[tu
         v = torch.arange(height, dtype=torch.float32) + 0.5 - height / 2
         for i in range(shot.frames):
             cx, cy, zoom = shot.camera(i)
-            if zoom > 1.5:  # magnifying: sample the photograph directly
-                scaled, scale = src, 1.0
-            else:  # shrinking: an anti-aliased copy at about the output scale first
-                scale = zoom
-                scaled = F.interpolate(src, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
-            sh, sw = scaled.shape[-2:]
-            gx = ((cx + u / zoom) * scale) / sw * 2 - 1
-            gy = ((cy + v / zoom) * scale) / sh * 2 - 1
-            grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
-            frame = F.grid_sample(scaled, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            frame = frame[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            # only the part of the canvas in view (and 2 px around it) is resampled
+            x0 = int(max(0, np.floor(cx - width / 2 / zoom) - 2))
+            x1 = int(min(cw, np.ceil(cx + width / 2 / zoom) + 2))
+            y0 = int(max(0, np.floor(cy - height / 2 / zoom) - 2))
+            y1 = int(min(ch, np.ceil(cy + height / 2 / zoom) + 2))
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                frame = np.zeros((height, width, 3), np.uint8)
+            else:
+                part = src[..., y0:y1, x0:x1]
+                scale = min(zoom, 1.0)  # shrinking: an anti-aliased copy at the output scale first
+                if scale < 1.0:
+                    part = F.interpolate(part, scale_factor=scale, mode="bilinear", antialias=True,
+                                         align_corners=False)
+                gx = (cx - x0 + u / zoom) / (x1 - x0) * 2 - 1  # [-1, 1] spans the part, at any resampled size
+                gy = (cy - y0 + v / zoom) / (y1 - y0) * 2 - 1
+                grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+                out = F.grid_sample(part, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                frame = out[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
             boxes = np.stack([(faces[:, 0] - cx) * zoom + width / 2, (faces[:, 1] - cy) * zoom + height / 2,
                               (faces[:, 2] - cx) * zoom + width / 2, (faces[:, 3] - cy) * zoom + height / 2],
                              axis=1) if len(faces) else np.zeros((0, 4), np.float32)
@@ -136,7 +143,6 @@ def render_frames(shots: Sequence[Shot], height: int, width: int) -> Iterator[tu
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             yield np.ascontiguousarray(frame), FrameTruth(s, boxes.astype(np.float32),
                                                           (inside / np.maximum(area, 1e-6)).astype(np.float32))
-        del scaled, src
 
 
 def write_face_video(path: str | Path, shots: Sequence[Shot], height: int, width: int, fps: float,

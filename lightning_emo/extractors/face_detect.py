@@ -16,6 +16,7 @@ then zeros and must not be used), ``boxes (N, 4)`` and ``scores (N,)``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -292,6 +293,12 @@ class FaceDetector(nn.Module):
         if crop_size <= 0 or batch_size <= 0 or margin < 0:
             raise ValueError(f"face detector expects crop_size > 0, batch_size > 0, margin >= 0, got "
                              f"{crop_size}, {batch_size}, {margin}")
+        known = [k for k in inspect.signature(track_main_face).parameters if k != "detections"]
+        unknown = sorted(set(tracking) - set(known))
+        if unknown:
+            own = [k for k in inspect.signature(type(self).__init__).parameters if k not in ("self", "tracking")]
+            raise ValueError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(own + known)}")
         self.crop_size = int(crop_size)
         self.margin = float(margin)
         self.batch_size = int(batch_size)

@@ -58,7 +58,7 @@ class TrackingPolicy:
     """
 
     detect_every: int = 5
-    cut_threshold: float = 0.3
+    cut_threshold: float = 0.4
     redetect_score: float = 0.95
     redetect_iou: float = 0.5
     redetect_similarity: float = 0.6
