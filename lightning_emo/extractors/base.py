@@ -27,6 +27,17 @@ from torch import nn
 from lightning_emo.registry import Registry
 
 EXTRACTORS: Registry = Registry("extractor")
+# Which module registers which extractors: a recognizer that uses MFCC never imports the face stack
+# (torchvision, facenet-pytorch). tests/test_extractors_audio.py checks this table against the modules.
+for _module, _names in {
+    "audio": ("mfcc", "compare"),
+    "ssl": ("wav2vec2_base", "wav2vec2_large", "wav2vec2_asr_base", "hubert_base", "hubert_large", "wavlm_base",
+            "wavlm_base_plus", "wavlm_large"),
+    "speech_dnn": ("speech_dnn", "speech_bottleneck"),
+    "face": ("hog", "facenet_vggface2", "facenet_casia", "timm"),
+    "face_cnn": ("face_cnn",),
+}.items():
+    EXTRACTORS.add_lazy(f"lightning_emo.extractors.{_module}", _names)
 
 WEIGHT_KINDS = ("none", "file", "hf-hub", "torchaudio", "facenet", "timm")
 

@@ -408,9 +408,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         """Rebuild modality ``m``'s frozen extractor from its spec (embedded weights materialised privately)."""
         from lightning_emo.extractors.base import ExtractorSpec, WeightsNotFoundError
         from lightning_emo.extractors.base import EXTRACTORS
-        from lightning_emo.extractors.runner import build_for_extraction, register_extractors
-
-        register_extractors()
+        from lightning_emo.extractors.runner import build_for_extraction
 
         mc = self.config["modalities"][m]
         spec = ExtractorSpec.from_dict(mc["extractor"])
