@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("lightning_emo.hub.commands:push_main", "upload an exported recognizer to the Hugging Face Hub"),
     "infer": ("lightning_emo.hub.commands:infer_main", "recognise emotions in media files (optionally over time)"),
     "zoo": ("lightning_emo.hub.commands:zoo_main", "list the model zoo"),
+    "configs": ("lightning_emo.configs:main", "list, show or copy the shipped configs (usable by name from any folder)"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -34,6 +35,9 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: lightning-emo COMMAND [options]   (lightning-emo COMMAND --help)", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Configs ship with the package: `--config experiment/hubert.yaml` (fit/validate/test/predict,",
+              "reproduce) names a shipped config from any folder when no such local file exists;",
+              "`lightning-emo configs list` shows them, `lightning-emo configs copy NAME DEST` copies one to edit."]
     return "\n".join(lines)
 
 

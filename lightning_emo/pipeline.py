@@ -11,6 +11,16 @@
 4. ``fuse``: every audio x video pair with every rule, fitted on validation, scored on test,
    written as the paper's Tables 2-5 (Markdown and CSV) with a confusion-matrix PNG.
 
+Folds and seeds (``folds``, ``seeds``): steps 3-4 run once per fold x seed
+(:mod:`lightning_emo.data.folds` cuts the folds; :mod:`lightning_emo.evaluation.runs` runs one)
+over the stores extracted ONCE in step 2 (a fold only changes which clips train, validate and
+test; a selected store is refitted per fold on the fold's training clips). Each run lives in
+``OUT/folds/<fold>-seed<s>/`` and ends with a ``DONE`` marker: a re-run skips finished runs.
+``OUT/summary.csv``/``summary.md``/``summary_ci.png`` aggregate them
+(:mod:`lightning_emo.evaluation.summary`). The single split with one seed (the default) keeps
+the historical layout: ``OUT/runs`` and ``OUT/fusion``. ``test_corpus`` adds a cross-corpus
+condition: every run's heads are also tested on a second corpus through a label map.
+
 ``lightning-emo demo`` is the same protocol on the synthetic corpus with feature sets that
 need no pretrained weights (``configs/reproduce/synthetic.yaml``).
 """
@@ -25,9 +35,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning_emo.configs import resolve_config, resolve_config_args
+from lightning_emo.data.folds import FoldOptions
+from lightning_emo.evaluation.runs import TestCorpus
 from lightning_emo.utils import atomic_write_text, log, setup_logging
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+__all__ = ["FeatureSet", "Protocol", "SynthOptions", "demo_main", "reproduce_main", "resolve_config",
+           "run_protocol", "train_and_predict"]
 
 
 @dataclass
@@ -44,7 +58,8 @@ class FeatureSet:
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
         dtype: the stored dtype; ``float32`` for features beyond float16's range (openSMILE's).
-        train_config: the ``lightning-emo fit`` config of the head; default: the protocol's.
+        train_config: the ``lightning-emo fit`` config of the head (a file, or a shipped name such as
+            ``experiment/hubert.yaml``); default: the protocol's.
     """
 
     extractor: str
@@ -60,11 +75,17 @@ class FeatureSet:
 
 @dataclass
 class SynthOptions:
-    """Arguments of :func:`lightning_emo.data.synthetic.synthesize` for the built-in corpus."""
+    """Arguments of :func:`lightning_emo.data.synthetic.synthesize` for the built-in corpus.
+
+    A quick look (seconds, not a minute): ``--synth.clips_per_class 4 --synth.num_speakers 6
+    --synth.size 64 --synth.max_speech 2``.
+    """
 
     clips_per_class: int = 30
     seed: int = 0
     num_speakers: int = 10
+    size: int = 112
+    max_speech: float = 4.8
 
 
 @dataclass
@@ -83,6 +104,16 @@ class Protocol:
         calibrate: temperature-scale each model on validation before fusing.
         batch_size, num_workers: for extraction (``num_workers`` None: the extractor's default).
         extract_trainer: ``pl.Trainer`` arguments of the extraction (``devices``, ``accelerator``).
+        folds: the fold scheme (:class:`~lightning_emo.data.folds.FoldOptions`; default: the
+            manifest's own split as one fold).
+        seeds: training seeds; every fold runs once per seed (``--seed_everything``).
+        test_corpus: a second corpus every head is also tested on (cross-corpus).
+        crossfit: 0 = the paper's in-sample fit of LR and the prior on validation; K >= 2 =
+            K-fold cross-fitting over the validation clips (out-of-sample validation scores).
+        priors: ``checkpoint``: the prior rule takes each head's validation micro-F1 from the
+            FusionPriorCallback state of its best checkpoint; ``refit``: recomputed from predictions.
+        select_metric: the validation metric that picks the recommended method (``wa``, ``ua``,
+            ``macro_f1``, ``weighted_f1``).
     """
 
     out: str = "runs/reproduce"
@@ -90,13 +121,19 @@ class Protocol:
     synth: SynthOptions = field(default_factory=SynthOptions)
     audio: dict[str, FeatureSet] = field(default_factory=dict)
     video: dict[str, FeatureSet] = field(default_factory=dict)
-    train_config: str = str(CONFIG_DIR / "experiment" / "synthetic_audio.yaml")
+    train_config: str = "experiment/synthetic_audio.yaml"
     train_args: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=lambda: ["lr", "ensemble", "prior", "cascade"])
     calibrate: bool = False
     batch_size: int = 8
     num_workers: Optional[int] = None
     extract_trainer: dict[str, Any] = field(default_factory=dict)
+    folds: FoldOptions = field(default_factory=FoldOptions)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    test_corpus: Optional[TestCorpus] = None
+    crossfit: int = 0
+    priors: str = "checkpoint"
+    select_metric: str = "wa"
 
 
 def _stage(name: str, index: int, total: int) -> float:
@@ -105,79 +142,127 @@ def _stage(name: str, index: int, total: int) -> float:
 
 
 def run_protocol(p: Protocol) -> Any:
-    """Run the whole protocol; returns the fusion :class:`~lightning_emo.fusion.report.Report`."""
+    """Run the whole protocol.
+
+    Returns the fusion :class:`~lightning_emo.fusion.report.Report` of a single run (one fold,
+    one seed), else the ``summary.json`` content (:func:`~lightning_emo.evaluation.summary.summarize`).
+    """
+    from lightning_emo.data.folds import make_folds
     from lightning_emo.data.manifest import read_manifest
-    from lightning_emo.extractors.extract import extract
-    from lightning_emo.fusion.report import fuse_report
+    from lightning_emo.evaluation.runs import is_done, prepare_cross, run_fold, run_name
+    from lightning_emo.evaluation.summary import summarize
+    from lightning_emo.extractors.extract import run_extraction
 
     if not p.audio or not p.video:
         raise ValueError("the protocol needs at least one audio and one video feature set (config keys "
                          "'audio' and 'video')")
+    if not p.seeds or len(set(p.seeds)) != len(p.seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {p.seeds}")
+    if p.priors not in ("checkpoint", "refit"):
+        raise ValueError(f"priors must be 'checkpoint' or 'refit', got {p.priors!r}")
     out = Path(p.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
-    total = 3 + len(sets)
     timings: dict[str, float] = {}
 
-    t = _stage("corpus", 1, total)
+    t = _stage("corpus", 1, 4)
     if p.manifest is None:
         from lightning_emo.data.synthetic import synthesize
 
         manifest_path = synthesize(out / "corpus", clips_per_class=p.synth.clips_per_class, seed=p.synth.seed,
-                                   num_speakers=p.synth.num_speakers, progress=True)
+                                   num_speakers=p.synth.num_speakers, size=p.synth.size,
+                                   max_speech=p.synth.max_speech, progress=True)
     else:
         manifest_path = Path(p.manifest)
     manifest = read_manifest(manifest_path)
-    if not manifest.has_splits:
-        raise ValueError(f"{manifest_path}: every clip needs a split; run `lightning-emo prepare` to assign "
-                         "speaker-independent splits")
+    folds = make_folds(manifest, p.folds)  # before any work: a fold scheme that cannot be built stops here
+    single = p.folds.scheme == "split" and len(p.seeds) == 1
     log.info(manifest.summary())
+    log.info(f"folds ({p.folds.scheme}): " + "; ".join(f.describe() for f in folds) + f"; seeds {p.seeds}")
+    cross = prepare_cross(p.test_corpus, manifest, out) if p.test_corpus else None
     timings["corpus"] = time.perf_counter() - t
 
-    t = _stage("extract " + ", ".join(f"{name}={fs.extractor}" for name, _, fs in sets), 2, total)
+    t = _stage("extract " + ", ".join(f"{name}={fs.extractor}" for name, _, fs in sets), 2, 4)
     stores: dict[str, Path] = {}
-    for name, modality, fs in sets:
-        store = extract(manifest_path, fs.extractor, out / "features", options=fs.options, weights=fs.weights,
-                        detector=fs.detector, detector_options=fs.detector_options or None, fps=fs.fps, batch_size=p.batch_size, num_workers=p.num_workers,
-                        name=_store_name(fs), select=fs.select, dtype=fs.dtype, trainer=p.extract_trainer or None)
-        if (store.modality == "audio") != (modality == "audio"):
-            raise ValueError(f"feature set {name!r} is listed under {modality} but extractor {fs.extractor!r} "
-                             f"is a {store.modality} extractor")
-        stores[name] = Path(store.path)
+    extraction: list[dict[str, Any]] = []
+    targets = [(manifest_path, out / "features", stores)]
+    if cross is not None:
+        targets.append((cross.manifest_path, out / "features" / cross.name, cross.stores))
+    for corpus_manifest, folder, into in targets:
+        for name, modality, fs in sets:
+            # once for the whole protocol: every fold x seed reads these per-clip stores
+            result = run_extraction(corpus_manifest, fs.extractor, folder, options=fs.options, weights=fs.weights,
+                                    detector=fs.detector, detector_options=fs.detector_options or None, fps=fs.fps,
+                                    batch_size=p.batch_size,
+                                    num_workers=p.num_workers, name=_store_name(fs), dtype=fs.dtype,
+                                    trainer=p.extract_trainer or None)
+            log.info(result.summary())
+            store = result.store
+            if (store.modality == "audio") != (modality == "audio"):
+                raise ValueError(f"feature set {name!r} is listed under {modality} but extractor {fs.extractor!r} "
+                                 f"is a {store.modality} extractor")
+            into[name] = Path(store.path)
+            extraction.append({"set": name, "store": str(store.path), "written": result.written,
+                               "skipped": result.skipped})
+    _append_json_list(out / "extraction.json", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stores": extraction})
     timings["extract"] = time.perf_counter() - t
 
-    predictions: dict[str, Path] = {}
-    for i, (name, modality, fs) in enumerate(sets, start=3):
-        t = _stage(f"train and predict {name} ({modality}: {fs.extractor})", i, total)
-        config = resolve_config(fs.train_config or p.train_config)
-        predictions[name] = train_and_predict(name, manifest_path, stores[name], out / "runs", config, p.train_args)
-        timings[f"train {name}"] = time.perf_counter() - t
+    t = _stage(f"train, predict and fuse: {len(folds)} fold(s) x {len(p.seeds)} seed(s)", 3, 4)
+    done_dirs: list[Path] = []
+    report = None
+    runs = [(fold, seed) for fold in folds for seed in p.seeds]
+    for i, (fold, seed) in enumerate(runs, start=1):
+        run_dir = out if single else out / "folds" / run_name(fold, seed)
+        if is_done(run_dir) and not single:
+            log.info(f"[{i}/{len(runs)}] {run_name(fold, seed)}: finished earlier, skipped ({run_dir / 'DONE'})")
+            done_dirs.append(run_dir)
+            continue
+        started = time.perf_counter()
+        log.info(f"[{i}/{len(runs)}] {run_name(fold, seed)}")
+        reports = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
+                           manifest_path=manifest_path, sets=sets, stores=stores, cross=cross, single=single,
+                           train_and_predict=train_and_predict, resolve_config=resolve_config,
+                           store_name=_store_name)
+        report = reports["in"]
+        done_dirs.append(run_dir)
+        left = len(runs) - i
+        took = time.perf_counter() - started
+        log.info(f"[{i}/{len(runs)}] {run_name(fold, seed)} done in {took:.0f} s"
+                 + (f"; about {left * took / 60:.1f} min left for {left} run(s)" if left else ""))
+    timings["runs"] = time.perf_counter() - t
 
-    t = _stage("fuse", total, total)
-    modalities = {name: modality for name, modality, _ in sets}
-    report = fuse_report({n: predictions[n] for n in modalities}, modalities=modalities, rules=p.rules,
-                         calibrate=p.calibrate)
-    report.write(out / "fusion")
-    timings["fuse"] = time.perf_counter() - t
-    atomic_write_text(out / "protocol.json", json.dumps({"protocol": asdict(p), "manifest": str(manifest_path),
-                                                         "stores": {k: str(v) for k, v in stores.items()},
-                                                         "predictions": {k: str(v) for k, v in predictions.items()},
-                                                         "seconds": timings}, indent=2) + "\n")
-    print(report.markdown())
+    t = _stage("summary", 4, 4)
+    notes = [f"fold scheme {p.folds.scheme}" + (f" (k={p.folds.k})" if p.folds.scheme == "kfold" else "")
+             + f", seeds {p.seeds}; validation part of each training fold: speaker-independent",
+             "fusion rules fitted on validation " + ("in-sample (the paper's mode)" if not p.crossfit
+                                                     else f"with {p.crossfit}-fold cross-fitting"),
+             "prior rule micro-F1: " + ("FusionPriorCallback state in each head's best checkpoint"
+                                        if p.priors == "checkpoint" else "recomputed from the predictions")]
+    if any(fs.select for _, _, fs in sets) and not single:
+        notes.append("random-forest selection refitted per fold on the fold's training clips")
+    if cross is not None:
+        notes += cross.notes
+    summary = summarize(out, done_dirs, select_metric=p.select_metric, notes=notes)
+    timings["summary"] = time.perf_counter() - t
+    atomic_write_text(out / "protocol.json", json.dumps({
+        "protocol": asdict(p), "manifest": str(manifest_path), "stores": {k: str(v) for k, v in stores.items()},
+        "folds": [{"name": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
+        "seeds": p.seeds, "runs": [str(d) for d in done_dirs],
+        "predictions": ({name: str(out / "runs" / name / "predictions.csv") for name, _, _ in sets} if single else {}),
+        "seconds": timings}, indent=2) + "\n")
+    if single and report is not None:
+        print(report.markdown())
+    else:
+        print((out / "summary.md").read_text())
     log.info("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    log.info(f"tables, fused predictions and the confusion matrix: {out / 'fusion'}")
-    return report
+    log.info(f"summary: {out / 'summary.md'}" + (f"; tables of the split: {out / 'fusion'}" if single else
+                                                 f"; per-run results: {out / 'folds'}"))
+    return report if single else summary
 
 
-def resolve_config(path: str) -> Path:
-    """A config path as given, else relative to the repository's ``configs/`` parent (shipped configs)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    shipped = CONFIG_DIR.parent / path
-    if shipped.is_file():
-        return shipped
-    raise FileNotFoundError(f"config {path} not found (looked in {Path.cwd()} and {CONFIG_DIR.parent})")
+def _append_json_list(path: Path, item: dict[str, Any]) -> None:
+    items = json.loads(path.read_text()) if path.is_file() else []
+    atomic_write_text(path, json.dumps([*items, item], indent=2) + "\n")
 
 
 def _store_name(fs: FeatureSet) -> str:
@@ -201,7 +286,8 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
     from lightning_emo.models.cli import cli
 
     done = runs / name / "predictions.csv"
-    if done.is_file() and done.stat().st_mtime > (store / "store.json").stat().st_mtime:
+    result = runs / name / "result.json"
+    if done.is_file() and result.is_file() and done.stat().st_mtime > (store / "store.json").stat().st_mtime:
         log.info(f"{name}: reusing {done}")
         return done
     args = ["fit", "--config", str(config),
@@ -229,6 +315,7 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
     if written != done:
         done.parent.mkdir(parents=True, exist_ok=True)
         os.replace(written, done)
+    atomic_write_text(result, json.dumps({"checkpoint": best, "predictions": str(done)}) + "\n")
     log.info(f"{name}: best checkpoint {best}; predictions {done}")
     return done
 
@@ -247,16 +334,21 @@ def _parser():
 
     parser = ArgumentParser(prog="lightning-emo reproduce", description=__doc__.split("\n\n")[0],
                             default_config_files=None)
-    parser.add_argument("--config", action=ActionConfigFile, help="a protocol YAML (configs/reproduce/)")
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="a protocol YAML: a file, or a shipped name such as reproduce/synthetic.yaml "
+                             "(lightning-emo configs list reproduce)")
     parser.add_class_arguments(Protocol, nested_key=None, as_group=False)
     return parser
 
 
 def reproduce_main(argv: list[str] | None = None) -> int:
-    """``lightning-emo reproduce --config configs/reproduce/X.yaml [--out DIR] [--print_config]``."""
+    """``lightning-emo reproduce --config reproduce/X.yaml [--out DIR] [--print_config]``.
+
+    ``--config`` is a file or a shipped config's name (:func:`lightning_emo.configs.resolve_config`).
+    """
     setup_logging()
     parser = _parser()
-    cfg = parser.parse_args(argv)
+    cfg = parser.parse_args(resolve_config_args(list(sys.argv[1:] if argv is None else argv)))
     cfg = parser.instantiate(cfg)
     protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
     run_protocol(protocol)
@@ -266,7 +358,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
 def demo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo demo [--out DIR]``: the protocol on the built-in synthetic corpus, no download."""
     argv = list(argv or [])
-    return reproduce_main(["--config", str(CONFIG_DIR / "reproduce" / "synthetic.yaml"), *argv])
+    return reproduce_main(["--config", "reproduce/synthetic.yaml", *argv])
 
 
 if __name__ == "__main__":

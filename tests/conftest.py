@@ -24,4 +24,7 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
+    # No test downloads from the internet: weight files not cached come from a loopback address
+    # nothing listens on (refused) unless the test starts its own mirror.
+    monkeypatch.setenv("LIGHTNING_EMO_WEIGHTS_URL", "http://127.0.0.1:1/no-downloads-in-tests")
     yield

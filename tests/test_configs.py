@@ -29,7 +29,7 @@ SYNTH = dict(clips_per_class=3, seed=0, size=64, max_speech=2.0)  # 21 clips, ev
 EXTRACT_LINE = re.compile(r"^#\s+(lightning-emo extract .*)$")
 FAST_EXTRACT = ["--num-workers", "0", "--batch-size", "8", "--trainer.accelerator", "cpu"]
 # extractors with large random backbones (tens of millions of weights on 2 CPU cores): slow
-HEAVY = {"wav2vec2_asr_base", "hubert_base", "timm", "facenet_vggface2"}
+HEAVY = {"wav2vec2_asr_base", "wav2vec2_base", "hubert_base", "timm", "facenet_vggface2"}
 
 
 # LightningCLI configs of `lightning-emo fit`; configs/pretrain/ (pretraining) and configs/reproduce/
@@ -145,7 +145,7 @@ def random_weights(extractors: set[str], options: dict[str, str], tmp: Path, mon
     torch.manual_seed(0)
     explicit: dict[str, str] = {}
     for name in extractors:
-        if name in ("wav2vec2_asr_base", "hubert_base"):
+        if name in ("wav2vec2_asr_base", "wav2vec2_base", "hubert_base"):
             from lightning_emo.extractors import ssl
 
             bundle = ssl.SSL_MODELS[name].bundle
@@ -155,7 +155,7 @@ def random_weights(extractors: set[str], options: dict[str, str], tmp: Path, mon
         elif name == "facenet_vggface2":
             from facenet_pytorch import InceptionResnetV1
 
-            target = torch_hub_checkpoint("20180402-114759-vggface2.pt")
+            target = Path(os.environ["TORCH_HOME"]) / "checkpoints" / "20180402-114759-vggface2.pt"  # facenet-pytorch's
             target.parent.mkdir(parents=True, exist_ok=True)
             torch.save(InceptionResnetV1(classify=True, num_classes=8631).state_dict(), target)
         elif name == "timm":

@@ -15,15 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_emo.data.features import (
-    FeatureDataModule,
+from lightning_emo.data.datamodule import FeatureDataModule
+from lightning_emo.data.manifest import Clip, Manifest, read_manifest
+from lightning_emo.data.store import (
     FeatureStore,
     StaleStoreError,
     cache_key,
     key_differences,
-    select_features,
 )
-from lightning_emo.data.manifest import Clip, Manifest, read_manifest
 from lightning_emo.extractors.base import ExtractorSpec, WeightsSource
 from lightning_emo.extractors.extract import (
     ExtractionModule,
@@ -33,6 +32,7 @@ from lightning_emo.extractors.extract import (
     resolve_precision,
     run_extraction,
 )
+from lightning_emo.extractors.selection import FeatureSelector, select_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_select_features_derived_store(tmp_path):
     assert derived.path == tmp_path / "feats" / "toy-sel4" and derived.dim == 4
     sel = derived.selection
     assert sel["k"] == 4 and sel["parent_dim"] == 40 and derived.key["selection"]["k"] == 4
-    selector = derived.load_selector()
+    selector = FeatureSelector.from_store(derived)
     assert int(selector.indices[0]) == 7
     for c in clips:
         parent, mask = store.get(c.clip_id)

@@ -13,6 +13,7 @@ import torch
 import torchaudio
 
 from lightning_emo.extractors import EXTRACTORS, WeightsNotFoundError, build_extractor
+from lightning_emo.extractors.weights import WeightsDownloadError
 from lightning_emo.extractors import ssl as ssl_mod
 from lightning_emo.extractors.audio import MFCCFrontEnd, replicate_pad
 from lightning_emo.extractors.base import ExtractorSpec, torch_hub_checkpoint
@@ -142,27 +143,110 @@ def test_replicate_pad():
 # --------------------------------------------------------------------------- compare
 
 
-def test_compare_dims_reference_and_padding(clips):
+def _smile_delta(x: np.ndarray, in_segments: bool) -> np.ndarray:
+    """openSMILE's cDeltaRegression (deltawin 2) on ``x`` ``(T, E)``, re-implemented from its source.
+
+    Clip edges are replicated. With ``onlyInSegments`` a pair of frames counts only when neither
+    value is 0 or NaN, and each counted pair adds ``i * i`` to a normaliser that openSMILE keeps
+    for the whole run (never reset), frame by frame and element by element.
+    """
+    x = x.astype(np.float64)
+    pad = np.concatenate([x[:1], x[:1], x, x[-1:], x[-1:]])
+    if not in_segments:
+        return (pad[3:-1] - pad[1:-3] + 2 * (pad[4:] - pad[:-4])) / 10
+    y, norm = np.zeros_like(x), 10.0
+    for t in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            num = 0.0
+            for i in (1, 2):
+                a, b = pad[t + 2 - i, k], pad[t + 2 + i, k]
+                if a != 0 and b != 0 and np.isfinite(a) and np.isfinite(b):
+                    num += i * (b - a)
+                    norm += i * i
+            y[t, k] = num / norm
+    return y
+
+
+MFCC_0_14_CONF = """
+[componentInstances:cComponentManager]
+instance[dataMemory].type=cDataMemory
+\\{\\cm[source{?}:source]}
+\\{\\cm[compareLldConf{?}:ComParE_2016_core.lld.conf.inc]}
+[componentInstances:cComponentManager]
+instance[t_mfcc].type=cMfcc
+instance[t_smo].type=cContourSmoother
+[t_mfcc:cMfcc]
+reader.dmLevel=is13_melspecMfcc
+writer.dmLevel=t_mfcc
+copyInputName = 0
+processArrayFields = 1
+firstMfcc = 0
+lastMfcc  = 14
+cepLifter = 22.0
+htkcompatible = 1
+[t_smo:cContourSmoother]
+reader.dmLevel = t_mfcc
+writer.dmLevel = t_mfcc_smo
+\\{\\cm[bufferModeConf]}
+nameAppend = sma
+copyInputName = 1
+noPostEOIprocessing = 0
+smaWin = 3
+\\{\\cm[sink{?}:sink]}
+"""
+
+
+def test_compare_equals_opensmile_on_all_198_dims(clips, tmp_path):
     import opensmile
 
     e = build_extractor("compare")
     assert (e.spec.dim, e.spec.frame_rate, e.spec.sample_rate) == (198, 100.0, SR)
     names = e.feature_names
-    assert len(names) == 198 and names[65] == "mfcc0" and names[66] == "F0final_sma_de" and names[-1] == "mfcc0_de_de"
-    feats, lengths = _check_padding_invariance(e, [clips[0], clips[1], clips[1][:2400]], atol=1e-3)
-    # Reference: openSMILE directly, and the mfcc extractor's c0.
-    w = clips[0]
-    smile = opensmile.Smile(opensmile.FeatureSet.ComParE_2016, opensmile.FeatureLevel.LowLevelDescriptors)
-    ref = torch.from_numpy(smile.process_signal(w.numpy(), SR).to_numpy().copy())
-    n = int(lengths[0])
-    assert n == min(len(ref), (len(w) - 400) // 160 + 1) and n > 250
-    torch.testing.assert_close(feats[0, :n, :65], ref[:n])
-    c0 = build_extractor("mfcc")(w[None])[0][0, :n, 0]
-    torch.testing.assert_close(feats[0, :n, 65], c0)
-    static = feats[0, :n, :66].T
-    torch.testing.assert_close(feats[0, :n, 66:132].T, torchaudio.functional.compute_deltas(static),
-                               atol=1e-3, rtol=1e-4)
-    # The extractor survives pickling (openSMILE's handle is rebuilt on use).
+    assert len(names) == 198 and names[:2] == ["F0final_sma", "voicingFinalUnclipped_sma"]
+    assert names[65] == "mfcc_sma[0]" and names[66] == "F0final_sma_de" and names[-1] == "mfcc_sma[0]_de_de"
+    feats, lengths = _check_padding_invariance(e, [clips[0], clips[1], clips[1][:2400], clips[1][:600]], atol=0)
+    assert lengths.tolist()[2:] == [11, 0]  # 0.15 s: 11 frames; 600 samples: too short for openSMILE's 60 ms frames
+    w, n = clips[0].numpy(), int(lengths[0])
+    ours = feats[0, :n].double().numpy()
+
+    # 0-64 and 66-130: openSMILE's ComParE_2016 LLDs and LLD deltas, called directly.
+    lld = opensmile.Smile(opensmile.FeatureSet.ComParE_2016, opensmile.FeatureLevel.LowLevelDescriptors)
+    de = opensmile.Smile(opensmile.FeatureSet.ComParE_2016, opensmile.FeatureLevel.LowLevelDescriptors_Deltas)
+    ref_lld, ref_de = lld.process_signal(w, SR), de.process_signal(w, SR)
+    assert n == len(ref_lld) > 250 and names[:65] == list(ref_lld.columns) and names[66:131] == list(ref_de.columns)
+    np.testing.assert_array_equal(ours[:, :65], ref_lld.to_numpy())
+    np.testing.assert_array_equal(ours[:, 66:131], ref_de.to_numpy()[:n])
+
+    # 65: MFCC 0 of ComParE's own MFCC chain: openSMILE run with firstMfcc=0 gives MFCC 1-14 equal
+    # to ComParE's (the same front end) and MFCC 0 equal to ours (HTK order: c0 comes last).
+    shipped = Path(opensmile.__file__).parent / "core" / "config"
+    conf = tmp_path / "mfcc_0_14.conf"
+    conf.write_text(MFCC_0_14_CONF)
+    mfcc = opensmile.Smile(str(conf), "t_mfcc_smo", options={
+        "compareLldConf": str(shipped / "compare" / "ComParE_2016_core.lld.conf.inc"),
+        "bufferModeConf": str(shipped / "shared" / "BufferMode.conf.inc")}).process_signal(w, SR).to_numpy()[:n]
+    np.testing.assert_array_equal(mfcc[:, :14], ref_lld[[f"mfcc_sma[{i}]" for i in range(1, 15)]].to_numpy())
+    np.testing.assert_array_equal(ours[:, 65], mfcc[:, 14])
+
+    # The six voicing deltas are openSMILE's in-segment regression, not a plain one over the contour.
+    plain = _smile_delta(ours[:, :6], in_segments=False)
+    assert np.abs(plain - ours[:, 66:72]).max() > 10 * np.abs(ours[:, 66:72]).max()
+    np.testing.assert_allclose(_smile_delta(ours[:, :6], True), ours[:, 66:72],
+                               atol=5e-3 * np.abs(ours[:, 66:72]).max())
+    # (The 20 ms descriptors run two frames past the last row, which the 60 ms voicing ones end: their
+    # regression at the last two rows sees those frames, so the plain reference stops before them.)
+    m = n - 2
+    np.testing.assert_allclose(_smile_delta(ours[:, 65:66], False)[:m, 0], ours[:m, 131], rtol=1e-4, atol=1e-4)
+    # 132-197: the same rules once more on the first derivatives.
+    np.testing.assert_allclose(_smile_delta(ours[:, 66:72], True), ours[:, 132:138], rtol=1e-4,
+                               atol=1e-5 * np.abs(ours[:, 132:138]).max())
+    scale = np.abs(ours[:, 138:]).max(0)  # per dim: the descriptors range from ~1e-2 to ~1e6
+    np.testing.assert_allclose(_smile_delta(ours[:, 72:132], False)[:m] / scale, ours[:m, 138:] / scale, atol=1e-5)
+
+    # deltas=1 / 0 keep the leading dims; the extractor survives pickling (openSMILE rebuilt on use).
+    first = build_extractor("compare", deltas=1)
+    assert first.spec.dim == 132 and first.feature_names == names[:132]
+    torch.testing.assert_close(first(clips[0][None])[0][0], feats[0, :n, :132], rtol=0, atol=0)
     import pickle
 
     clone = pickle.loads(pickle.dumps(e))
@@ -267,11 +351,16 @@ def test_ssl_layer_options_rejected():
         build_extractor("hubert_base", arch={"encoder_depth": 2})
 
 
-def test_ssl_missing_and_mismatched_weights(tmp_path):
+def test_ssl_missing_and_mismatched_weights(tmp_path, monkeypatch):
     expected = torch_hub_checkpoint("hubert_fairseq_base_ls960.pth")
     assert str(expected).startswith(os.environ["TORCH_HOME"])
-    with pytest.raises(WeightsNotFoundError, match=re.escape(str(expected))):
+    # not cached: downloaded on first use; here the (conftest) mirror refuses the connection
+    with pytest.raises(WeightsDownloadError, match=r"127\.0\.0\.1:1/.*hubert_fairseq_base_ls960\.pth.*connection refused"):
         build_extractor("hubert_base")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match=re.escape(str(expected)) + ".*offline"):
+        build_extractor("hubert_base")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(WeightsNotFoundError, match=re.escape(str(tmp_path / "nope.pth"))):
         build_extractor("wavlm_base", weights=tmp_path / "nope.pth")
     _save_tiny("wav2vec2_base", tmp_path / "tiny.pth")
@@ -284,16 +373,59 @@ def test_ssl_missing_and_mismatched_weights(tmp_path):
         build_extractor("wav2vec2_base", weights=tmp_path / "junk.pth", arch=TINY)
 
 
-def test_ssl_download_into_torch_hub_cache(tmp_path, monkeypatch, clips):
+def test_ssl_downloads_from_a_file_mirror_into_the_torch_hub_cache(tmp_path, monkeypatch, clips):
     model = _save_tiny("wavlm_base", tmp_path / "mirror" / "wavlm_base.pth")
-    monkeypatch.setattr(ssl_mod, "TORCHAUDIO_MODEL_URL", (tmp_path / "mirror").as_uri() + "/")
-    with pytest.raises(WeightsNotFoundError):
-        build_extractor("wavlm_base", arch=TINY)
-    e = build_extractor("wavlm_base", arch=TINY, download=True)
-    assert torch_hub_checkpoint("wavlm_base.pth").is_file() and "download" not in e.spec.options
+    monkeypatch.setenv("LIGHTNING_EMO_WEIGHTS_URL", (tmp_path / "mirror").as_uri())
+    e = build_extractor("wavlm_base", arch=TINY)
+    assert torch_hub_checkpoint("wavlm_base.pth").is_file() and e.weights_path == torch_hub_checkpoint("wavlm_base.pth")
+    assert not [p for p in torch_hub_checkpoint("x").parent.iterdir() if p.name.startswith(".")]  # no temp files
     with torch.no_grad():
         torch.testing.assert_close(e(clips[1][None])[0][0], _reference_states(model, "WAVLM_BASE", clips[1])[-1],
                                    atol=1e-4, rtol=1e-4)
+    with pytest.raises(TypeError):
+        build_extractor("wavlm_base", arch=TINY, download=True)  # the old option is gone: downloading is the default
+
+
+def _weight_norm_layouts(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """The same weights in both layouts torchaudio loads: parametrizations (today) and weight_g/weight_v (older torch,
+    torchaudio's fairseq converter)."""
+    import copy
+
+    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+    new = model.state_dict()
+    old_model = copy.deepcopy(model)
+    conv = old_model.encoder.transformer.pos_conv_embed.conv
+    torch.nn.utils.parametrize.remove_parametrizations(conv, "weight")
+    torch.nn.utils.weight_norm(conv, name="weight", dim=2)  # what torchaudio's models used before torch's parametrizations
+    old = old_model.state_dict()
+    assert "encoder.transformer.pos_conv_embed.conv.weight_g" in old
+    # torchaudio's fairseq converter maps fairseq's names to the same weight_g/weight_v keys
+    fairseq = _convert_state_dict({"encoder.pos_conv.0.weight_g": old["encoder.transformer.pos_conv_embed.conv.weight_g"],
+                                   "encoder.pos_conv.0.weight_v": old["encoder.transformer.pos_conv_embed.conv.weight_v"]})
+    assert set(fairseq) == {"encoder.transformer.pos_conv_embed.conv.weight_g",
+                            "encoder.transformer.pos_conv_embed.conv.weight_v"}
+    return {"parametrizations": new, "weight_g": old}
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+@pytest.mark.parametrize("name", ["hubert_base", "wavlm_base"])
+def test_ssl_loads_both_weight_norm_layouts(name, tmp_path, clips):
+    torch.manual_seed(0)
+    bundle = ssl_mod.SSL_MODELS[name].bundle
+    model = ssl_mod.build_architecture(bundle, TINY).eval()
+    wave = clips[1][:8000]
+    ref = _reference_states(model, bundle, wave)[-1]
+    for layout, state in _weight_norm_layouts(model).items():
+        # torchaudio's own model class loads this file (torch's weight-norm compat hook) ...
+        check = ssl_mod.build_architecture(bundle, TINY)
+        check.load_state_dict(state, strict=True)
+        path = tmp_path / f"{layout}.pth"
+        torch.save(state, path)
+        # ... and so does the extractor, with the same features
+        e = build_extractor(name, weights=path, arch=TINY)
+        with torch.no_grad():
+            torch.testing.assert_close(e(wave[None])[0][0], ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["wav2vec2_asr_base", "wavlm_base"])

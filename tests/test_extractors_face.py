@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -97,22 +99,34 @@ def test_extractor_dims_masking_and_batching(name, face_cnn_file):
 
 @pytest.mark.parametrize("name,filename", [("facenet_vggface2", "20180402-114759-vggface2.pt"),
                                            ("facenet_casia", "20180408-102900-casia-webface.pt")])
-def test_facenet_weights_from_the_torch_hub_cache_and_a_file(name, filename, tmp_path):
+def test_facenet_weights_from_facenet_pytorchs_cache_and_a_file(name, filename, tmp_path, monkeypatch):
     from facenet_pytorch import InceptionResnetV1
+    from facenet_pytorch.models.inception_resnet_v1 import load_weights
 
-    with pytest.raises(WeightsNotFoundError, match=rf"checkpoints/{filename}"):
+    # facenet-pytorch's own folder, not torch.hub's
+    target = Path(os.environ["TORCH_HOME"]) / "checkpoints" / filename
+    assert target != torch_hub_checkpoint(filename)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LIGHTNING_EMO_WEIGHTS_URL")  # the message names upstream's URL (nothing is downloaded offline)
+    with pytest.raises(WeightsNotFoundError, match=rf"{filename}.*{re.escape(str(target))}.*offline.*"
+                                                   rf"github.com/timesler/facenet-pytorch/releases/.*/{filename}"):
         build_extractor(name)
     state = _facenet_state(8631 if "vgg" in name else 10575)
-    target = torch_hub_checkpoint(filename)
-    assert str(target).startswith(os.environ["TORCH_HOME"])  # the per-test cache conftest sets
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, target)
+    # facenet-pytorch itself finds the same file there (no download: it exists)
+    load_weights(InceptionResnetV1(classify=True, num_classes=8631 if "vgg" in name else 10575),
+                 "vggface2" if "vgg" in name else "casia-webface")
 
     from_cache = build_extractor(name)
     assert from_cache.spec.weights.kind == "facenet" and from_cache.spec.weights.filename == filename
     assert "MIT" in from_cache.spec.weights.license
     explicit = build_extractor(name, weights=target)
     assert explicit.spec.weights.kind == "file" and explicit.spec.weights.sha256
+    # the same weights without BatchNorm's num_batches_tracked counters (files may carry them or not)
+    bare = tmp_path / "bare.pt"
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, bare)
+    no_counters = build_extractor(name, weights=bare)
 
     ref = InceptionResnetV1(classify=False).eval()
     ref.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
@@ -120,9 +134,10 @@ def test_facenet_weights_from_the_torch_hub_cache_and_a_file(name, filename, tmp
     lengths = torch.tensor([2])
     a, _ = from_cache(x, lengths)
     b, _ = explicit(x, lengths)
+    c, _ = no_counters(x, lengths)
     with torch.no_grad():
         expected = ref((x[0] * 255 - 127.5) / 128)
-    assert torch.equal(a, b)
+    assert torch.equal(a, b) and torch.equal(a, c)
     assert torch.allclose(a[0], expected, atol=1e-5)
     assert torch.allclose(a.norm(dim=-1), torch.ones(1, 2), atol=1e-5)  # L2-normalised embeddings
 
@@ -169,7 +184,7 @@ def test_timm_weights_from_the_hub_cache_offline(timm_reference, hf_offline, tmp
     weights = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in timm_reference.state_dict().items()}, str(weights))
     repo = f"timm/{TIMM_MODEL}"
-    with pytest.raises(WeightsNotFoundError, match=rf"{repo}/model.safetensors@main.*huggingface-cli download"):
+    with pytest.raises(WeightsNotFoundError, match=rf"{repo}/model.safetensors@main.*offline.*hf download"):
         build_extractor("timm", model_name=TIMM_MODEL)
     commit = make_hf_cache(hf_offline, repo, {"model.safetensors": weights})
 

@@ -169,7 +169,7 @@ def face_corpus(tmp_path_factory):
 
 def test_extract_records_the_face_pipeline_in_the_cache_key(face_corpus, tmp_path):
     from lightning_emo.cli import main as cli_main
-    from lightning_emo.data.features import FeatureStore, StaleStoreError
+    from lightning_emo.data.store import FeatureStore, StaleStoreError
     from lightning_emo.extractors.extract import run_extraction
 
     manifest, out = str(face_corpus / "manifest.csv"), tmp_path / "features"

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_emo.data.features import (
-    FeatureDataModule,
+from lightning_emo.data.datamodule import FeatureDataModule
+from lightning_emo.data.manifest import Clip, Manifest
+from lightning_emo.data.store import (
     FeatureStore,
     FeatureStoreError,
     StaleStoreError,
     cache_key,
     key_differences,
 )
-from lightning_emo.data.manifest import Clip, Manifest
 from lightning_emo.extractors.base import ExtractorSpec, WeightsSource
 
 AUDIO = ExtractorSpec("toy_audio", "audio", dim=6, sample_rate=16000, frame_rate=100.0)
@@ -178,7 +178,7 @@ def test_merge_of_several_ranks(tmp_path):
 
 def test_segments_rotate(tmp_path):
     store = _store(tmp_path)
-    from lightning_emo.data.features import StoreWriter
+    from lightning_emo.data.store import StoreWriter
 
     with StoreWriter(store, commit_every=2, segment_clips=4) as w:
         for i in range(10):

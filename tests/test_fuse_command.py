@@ -222,8 +222,8 @@ def test_fuse_report_python_api(corpus):
     assert [(r.table, r.row, r.column) for r in report.results] == [
         ("fusion", "a1+v1", "ensemble"), ("cascade_prior", "LR(a1_v1)", "+audio+video")]
     assert report.results[0].inputs == ["v1", "a1"]  # video first: it wins exact ties (eq. 3)
-    assert set(report.tables()) == {"single", "fusion", "cascade_prior", "per_class"}
-    assert report.best.test_accuracy == max(r.test_accuracy for r in report.results)
+    assert set(report.tables()) == {"single", "fusion", "cascade_prior", "methods", "per_class"}
+    assert report.best.val_accuracy == max(r.val_accuracy for r in report.results)  # chosen on validation
     assert len(report.y_test) == N_TEST
 
 

@@ -12,13 +12,14 @@ import torch
 from hf_cache import make_hf_cache
 from safetensors.torch import load_file, save_file
 
-from lightning_emo.cli import main as cli_main
 from lightning_emo.hub import Recognizer, RecognizerError, StrictLoadError
-from lightning_emo.hub._testing import CLASSES, random_clip, tiny_model, train_head_checkpoint, write_feature_store
-
-TOKEN = "hf_TESTtokenDoNotPrint0123456789abcdef"
-
-
+from lightning_emo.hub._testing import (
+    CLASSES,
+    random_clip,
+    tiny_model,
+    train_head_checkpoint,
+    write_feature_store,
+)
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +211,10 @@ def test_export_refuses_inconsistent_parts(tiny, tmp_path):
 
 def test_selected_store_ships_its_selector(tiny, tmp_path):
     """A head trained on random-forest-selected features: the selector's columns travel in model.safetensors."""
-    from lightning_emo.data.features import select_features
     from lightning_emo.data.manifest import Clip, Manifest
     from lightning_emo.data.media import load_frames
     from lightning_emo.extractors.face import HOGExtractor
+    from lightning_emo.extractors.selection import FeatureSelector, select_features
 
     hog = HOGExtractor(crop_size=32, fps=5.0)
     rng = np.random.default_rng(0)
@@ -229,11 +230,12 @@ def test_selected_store_ships_its_selector(tiny, tmp_path):
     assert config["modalities"]["video"]["selector"]["k"] == 20
     assert config["modalities"]["video"]["selector"]["dim"] == hog.spec.dim
     loaded = Recognizer.from_pretrained(tmp_path / "export")
-    np.testing.assert_array_equal(loaded.selectors["video"].indices.numpy(), derived.load_selector().indices)
+    selector = FeatureSelector.from_store(derived)
+    np.testing.assert_array_equal(loaded.selectors["video"].indices.numpy(), selector.indices)
     frames, _ = load_frames(tiny["clip"], fps=5.0)
     feats, mask = loaded.extract("video", frames)
     full = hog(_hog_crops(frames, 32), torch.tensor([len(frames)]))[0][0].numpy()
-    np.testing.assert_allclose(feats, derived.load_selector().transform(full).astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(feats, selector.transform(full).astype(np.float16).astype(np.float32))
     assert loaded.predict(tiny["clip"]).probs["video"] is not None
     with pytest.raises(RecognizerError, match="features were selected"):
         Recognizer.from_checkpoints({"video": ckpt}, detector="none")
@@ -276,141 +278,4 @@ def test_file_sourced_extractor_weights_are_embedded(tmp_path):
     with pytest.raises(StrictLoadError, match="missing keys: extractors.audio.output.weight"):
         Recognizer.from_pretrained(tmp_path / "export")
 
-
-# ---------------------------------------------------------------------------------------------- push
-
-
-class _FakeHub:
-    """Records what HfApi would have been asked to do."""
-
-    def __init__(self, monkeypatch):
-        from huggingface_hub import CommitInfo, HfApi, RepoUrl
-
-        self.calls: list[tuple[str, dict]] = []
-        self.tokens: list[str | None] = []
-        fake = self
-
-        def create_repo(api, repo_id, **kw):
-            fake.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
-            fake.tokens.append(api.token)
-            return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-        def create_branch(api, repo_id, **kw):
-            fake.calls.append(("create_branch", {"repo_id": repo_id, **kw}))
-
-        def upload_folder(api, **kw):
-            from huggingface_hub.utils import filter_repo_objects
-
-            folder = Path(kw["folder_path"])
-            names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-            kw["uploaded"] = sorted(filter_repo_objects(names, allow_patterns=kw.get("allow_patterns"),
-                                                        ignore_patterns=kw.get("ignore_patterns")))
-            fake.calls.append(("upload_folder", kw))
-            return CommitInfo(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/{'ab' * 20}",
-                              commit_message=kw.get("commit_message", ""), commit_description="", oid="ab" * 20)
-
-        monkeypatch.setattr(HfApi, "create_repo", create_repo)
-        monkeypatch.setattr(HfApi, "create_branch", create_branch)
-        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-
-    def call(self, name: str) -> dict:
-        return next(kw for n, kw in self.calls if n == name)
-
-
-def test_push_uploads_the_folder_with_patched_hub(tiny, tmp_path, monkeypatch, capsys, caplog):
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    hub = _FakeHub(monkeypatch)
-    folder = _copy(tiny["export"], tmp_path / "push")
-    (folder / "notes.txt").write_text("not part of the model")
-    rc = cli_main(["push", str(folder), "--repo-id", "org/tiny", "--private", "--branch", "v1"])
-    out = capsys.readouterr()
-    assert rc == 0, out.err
-    assert [n for n, _ in hub.calls] == ["create_repo", "create_branch", "upload_folder"]
-    assert hub.call("create_repo") == {"repo_id": "org/tiny", "private": True, "exist_ok": True, "repo_type": "model"}
-    assert hub.call("create_branch")["branch"] == "v1"
-    up = hub.call("upload_folder")
-    assert up["repo_id"] == "org/tiny" and up["revision"] == "v1" and Path(up["folder_path"]) == folder
-    assert up["uploaded"] == ["README.md", "config.json", "model.safetensors"]
-    assert hub.tokens == [TOKEN]  # the token from the environment was used ...
-    assert f"hf-hub:org/tiny@{'ab' * 20}" in out.out
-    assert TOKEN not in out.out + out.err + caplog.text  # ... and never shown
-
-
-def test_push_refuses_offline_without_token_and_hides_hub_errors(tiny, tmp_path, monkeypatch, capsys):
-    import huggingface_hub.constants as c
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    folder = tiny["export"]
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
-    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 1
-    assert "no Hugging Face token" in capsys.readouterr().err
-
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 1
-    assert "offline" in capsys.readouterr().err
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-
-    def refuse(api, repo_id, **kw):
-        import httpx
-
-        response = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
-        raise HfHubHTTPError(f"401 Unauthorized for token {api.token}", response=response)
-
-    monkeypatch.setattr(HfApi, "create_repo", refuse)
-    assert cli_main(["push", str(folder), "--repo-id", "org/tiny"]) == 1
-    err = capsys.readouterr().err
-    assert "push to org/tiny failed" in err and TOKEN not in err
-
-    broken = tmp_path / "not-a-model"
-    broken.mkdir()
-    assert cli_main(["push", str(broken), "--repo-id", "org/tiny"]) == 1
-    assert "lightning-emo export" in capsys.readouterr().err
-
-
-def test_hub_push_callback_exports_best_checkpoint_at_fit_end(tmp_path, monkeypatch):
-    """A real `fit` on a feature store: the callback exports the best checkpoint (with card) and pushes it."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from lightning_emo.data.features import FeatureDataModule
-    from lightning_emo.data.manifest import Clip, Manifest
-    from lightning_emo.extractors.face import HOGExtractor
-    from lightning_emo.fusion.callback import FusionPriorCallback
-    from lightning_emo.hub.callback import HubPushCallback
-    from lightning_emo.models.module import EmotionModule
-
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    hub = _FakeHub(monkeypatch)
-    hog = HOGExtractor(crop_size=32, fps=5.0).spec
-    rng = np.random.default_rng(0)
-    splits = ["train"] * 8 + ["val"] * 4 + ["test"] * 4
-    clips = [Clip(f"c{i}", f"c{i}.mp4", CLASSES[i % 2], s, f"spk{i}") for i, s in enumerate(splits)]
-    store = write_feature_store(tmp_path / "features" / "hog", hog,
-                                {c.clip_id: (rng.random((4, hog.dim), dtype=np.float32) + (i % 2), None)
-                                 for i, c in enumerate(clips)}, detector="none", fps=5.0)
-    manifest = Manifest(clips, CLASSES, tmp_path, corpus="random").write(tmp_path / "manifest.csv")
-    dm = FeatureDataModule(str(manifest), str(store.path), batch_size=4)
-    module = EmotionModule(input_dim=dm.input_dim, classes=dm.classes, modality=dm.modality,
-                           extractor_spec=dm.extractor_spec, hidden_dim=8)
-    callback = HubPushCallback("org/from-fit", private=True, export_dir=str(tmp_path / "hub_export"),
-                               license="apache-2.0")
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt",
-                                                                               monitor="val/acc", mode="max"),
-                                                              FusionPriorCallback(), callback])
-    trainer.fit(module, datamodule=dm)
-    exported = Recognizer.from_pretrained(tmp_path / "hub_export")
-    assert exported.modalities == ["video"] and exported.classes == CLASSES
-    cfg = exported.config
-    assert cfg["corpus"]["name"] == "random" and "speaker-independent" in cfg["split_protocol"]
-    assert cfg["modalities"]["video"]["input"]["detector"]["name"] == "none"
-    assert cfg["modalities"]["video"]["checkpoint"]["file"] == Path(trainer.checkpoint_callback.best_model_path).name
-    assert "hf-hub:org/from-fit" in (tmp_path / "hub_export" / "README.md").read_text()
-    assert hub.call("create_repo")["private"] is True
-    assert hub.call("upload_folder")["uploaded"] == ["README.md", "config.json", "model.safetensors"]
-    assert callback.state_dict()["pushed"] == {"repo_id": "org/from-fit", "commit": "ab" * 20, "revision": "main"}
+# push, pull and the fit callback run against a Hub stand-in over HTTP: tests/test_hub_http.py

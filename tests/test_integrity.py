@@ -170,3 +170,122 @@ def test_prepare_warns_about_a_corpus_with_one_speaker(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "same speaker" in r.stderr and "no clips of" not in r.stderr
     assert "warning:" in r.stderr
+
+
+# ------------------------------------------------- class order across checkpoint and manifest
+
+try:  # tests/ on sys.path (pytest's default) or the repository root
+    from test_configs import CONFIGS, _restore_global_torch_state, fit  # noqa: F401
+    from test_module import make_toy_corpus
+except ImportError:
+    from tests.test_configs import CONFIGS, _restore_global_torch_state, fit  # noqa: F401
+    from tests.test_module import make_toy_corpus
+
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator", "cpu"]
+AUDIO = CONFIGS / "experiment" / "synthetic_audio.yaml"
+
+
+def _reordered_manifest(src: Path, dst: Path, classes) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "manifest.csv").write_text(src.read_text())
+    meta = json.loads(src.with_suffix(".json").read_text())
+    meta["classes"] = list(classes)
+    meta["root"] = str(src.parent)
+    (dst / "manifest.json").write_text(json.dumps(meta))
+    return dst / "manifest.csv"
+
+
+@pytest.fixture
+def toy_run(tmp_path):
+    from lightning_emo.data.manifest import read_manifest
+
+    make_toy_corpus(tmp_path)
+    fit(["--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
+         "--data.init_args.features", str(tmp_path / "audio"), "--model.init_args.head_options", "{}",
+         "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "toy", *QUIET])
+    run = sorted(Path("runs/toy").glob("version_*"))[-1]
+    return tmp_path, run, next((run / "checkpoints").glob("best-*.ckpt")), read_manifest(tmp_path / "manifest.csv", check_files=False)
+
+
+def test_predict_with_manifest_classes_in_another_order_matches_by_name(toy_run):
+    """The bug: same classes, another order in the manifest -> probabilities under the wrong names, exit 0."""
+    from lightning_emo.cli import main
+    from lightning_emo.data.predictions import read_predictions
+
+    root, run, best, manifest = toy_run
+    base = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(best), *QUIET]
+    assert main([*base, "--predictions.output", str(root / "a.csv")]) == 0
+    a = read_predictions(root / "a.csv")
+    for k, order in enumerate([list(reversed(manifest.classes)), manifest.classes[1:] + manifest.classes[:1]]):
+        other = _reordered_manifest(root / "manifest.csv", root / f"m{k}", order)
+        assert main([*base, "--data.init_args.manifest", str(other), "--predictions.output",
+                     str(root / f"b{k}.csv")]) == 0
+        b = read_predictions(root / f"b{k}.csv")
+        assert b.classes == order
+        assert b.labels == a.labels  # label names, not indices of the other order
+        b = read_predictions(root / f"b{k}.csv", classes=a.classes)  # columns by name
+        np.testing.assert_allclose(b.probs, a.probs, atol=1e-6)
+
+
+def test_test_metrics_with_reordered_manifest_are_unchanged_and_other_classes_refused(toy_run):
+    import torch
+
+    from lightning_emo.data.datamodule import FeatureDataModule
+    from lightning_emo.models.module import EmotionModule
+
+    root, run, best, manifest = toy_run
+    from helpers import quiet_trainer
+
+    def test_acc(path):
+        model = EmotionModule.load_from_checkpoint(best, map_location="cpu")
+        dm = FeatureDataModule(str(path), str(root / "audio"), batch_size=4)
+        out = quiet_trainer(root).test(model, datamodule=dm, verbose=False)[0]
+        return out["test/acc"], model
+
+    acc, _ = test_acc(root / "manifest.csv")
+    order = list(reversed(manifest.classes))
+    acc2, model = test_acc(_reordered_manifest(root / "manifest.csv", root / "m", order))
+    assert acc2 == pytest.approx(acc) and model.classes == order and model.hparams["classes"] == order
+    # another class set: refused naming both lists and both files
+    (root / "x").mkdir()
+    renamed = [c if c != manifest.classes[0] else "furious" for c in manifest.classes]
+    csv = (root / "manifest.csv").read_text().replace(f",{manifest.classes[0]},", ",furious,")
+    (root / "x" / "manifest.csv").write_text(csv)
+    (root / "x" / "manifest.json").write_text(json.dumps({"classes": renamed, "root": str(root)}))
+    model = EmotionModule.load_from_checkpoint(best, map_location="cpu")
+    dm = FeatureDataModule(str(root / "x" / "manifest.csv"), str(root / "audio"), batch_size=4)
+    with pytest.raises(ClassListError, match=r"only in .*furious") as e:
+        quiet_trainer(root).test(model, datamodule=dm, verbose=False)
+    assert str(root / "x" / "manifest.csv") in str(e.value)
+    del torch
+
+
+def test_fuse_matches_prediction_columns_by_name(tmp_path):
+    from lightning_emo.data.predictions import write_predictions
+    from lightning_emo.fusion.report import fuse_report
+
+    rng = np.random.default_rng(0)
+    classes = ["angry", "happy", "neutral", "sad"]
+    n = 40
+    ids = [f"c{i}" for i in range(n)]
+    splits = ["val" if i < 20 else "test" for i in range(n)]
+    y = rng.integers(0, 4, n)
+    labels = [classes[k] for k in y]
+
+    def probs(noise):
+        logits = np.eye(4)[y] * 2 + rng.normal(scale=noise, size=(n, 4))
+        e = np.exp(logits)
+        return e / e.sum(1, keepdims=True)
+
+    pa, pv = probs(1.5), probs(2.0)
+    a = write_predictions(tmp_path / "a.csv", ids, splits, labels, pa, classes)
+    v = write_predictions(tmp_path / "v.csv", ids, splits, labels, pv, classes)
+    order = [2, 0, 3, 1]
+    v2 = write_predictions(tmp_path / "v2.csv", ids, splits, labels, pv[:, order], [classes[i] for i in order])
+    kw = dict(modalities={"a": "audio", "v": "video"}, rules=["prior", "lr"])
+    same = fuse_report({"a": a, "v": v}, **kw)
+    permuted = fuse_report({"a": a, "v": v2}, **kw)
+    assert [r.test_accuracy for r in permuted.results] == [r.test_accuracy for r in same.results]
+    other = write_predictions(tmp_path / "o.csv", ids, splits, [""] * n, pv, ["angry", "happy", "neutral", "calm"])
+    with pytest.raises(ValueError, match=r"only in .*o\.csv: calm"):
+        fuse_report({"a": a, "v": other}, **kw)

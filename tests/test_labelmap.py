@@ -110,3 +110,26 @@ def test_prepare_with_label_map(corpora, tmp_path, capsys):
                  "--label-map", str(bad), "--classes", *crema.classes])
     assert code == 1 and "bad.yaml, line 1, key 'fearful': maps 'fearful' to 'feared'" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_shipped_label_maps_fit_the_adapters_classes():
+    """Every shipped map names only its source corpus' labels and its target corpus' classes."""
+    from lightning_emo.data.corpora import cremad, emodb, iemocap, meld, msp_podcast, ravdess
+    from lightning_emo.data.labelmap import shipped_label_maps
+
+    classes = {"ravdess": ravdess.CLASSES, "cremad": cremad.CLASSES, "emodb": emodb.CLASSES, "meld": meld.CLASSES,
+               "msp-podcast": msp_podcast.CLASSES + ["other"], "iemocap": iemocap.CLASSES_4}
+    names = shipped_label_maps()
+    assert {"ravdess_to_cremad", "cremad_to_ravdess", "emodb_to_iemocap", "meld_to_iemocap"} <= set(names)
+    for name in names:
+        source, target = name.split("_to_")
+        lm = load_label_map(name)
+        assert set(lm.mapping) <= set(classes[source]), name
+        lm.check_targets(classes[target])
+        # every source label ends somewhere on purpose: a target class, or dropped by name
+        ends = {lab: lm.target(lab) for lab in classes[source]}
+        assert all(t is None or t in classes[target] for t in ends.values()), name
+        assert all(lab in lm.mapping for lab, t in ends.items() if t is None or t not in classes[target]), name
+    assert load_label_map("labelmap/ravdess_to_cremad.yaml").mapping == load_label_map("ravdess_to_cremad").mapping
+    with pytest.raises(LabelMapError, match="or the name of a shipped one: cremad_to_iemocap"):
+        load_label_map("ravdess_to_nowhere")

@@ -16,8 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from lightning_emo.data.features import FeatureDataModule, FeatureStore, cache_key
+from lightning_emo.data.datamodule import FeatureDataModule
 from lightning_emo.data.manifest import Clip, Manifest
+from lightning_emo.data.store import FeatureStore, cache_key
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec
 from lightning_emo.models.module import (
     EmotionModule,

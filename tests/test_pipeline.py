@@ -71,3 +71,80 @@ def test_every_protocol_config_parses_and_names_existing_train_configs(config, c
     for fs in [*protocol.audio.values(), *protocol.video.values()]:
         train = yaml.safe_load(resolve_config(fs.train_config or protocol.train_config).read_text())
         assert train["model"]["class_path"].endswith("EmotionModule")
+
+
+def _fold_args(out, *extra):
+    return ["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(out), "--num_workers", "0",
+            "--synth.clips_per_class", "4", "--synth.num_speakers", "6",
+            "--train_args", '["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]',
+            "--audio", '{"mfcc": {"extractor": "mfcc", "train_config": "configs/experiment/synthetic_audio.yaml"}}',
+            "--video", '{"hog": {"extractor": "hog", "detector": "none", "fps": 5, '
+                       '"train_config": "configs/experiment/synthetic_face.yaml"}}',
+            "--rules", '["lr", "prior"]', *extra]
+
+
+def _summary_rows(out):
+    import csv
+
+    with open(out / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
+    out = tmp_path / "folds"
+    assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
+    rows = _summary_rows(out)
+    assert list(rows[0]) == ["method", "metric", "mean", "std", "ci_low", "ci_high", "n"]
+    assert {r["metric"] for r in rows} == {"WA", "UA", "macro-F1", "weighted-F1"}
+    assert {r["method"] for r in rows} >= {"mfcc", "hog", "mfcc+hog / LR", "mfcc+hog / prior"}
+    assert all(r["n"] == "2" and float(r["ci_low"]) <= float(r["mean"]) + 1e-9 for r in rows)
+    md = (out / "summary.md").read_text()
+    assert "Table 2" in md and "Recommended" in md and "Paired test" in md and "McNemar" in md
+    assert (out / "summary_ci.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (out / "folds").iterdir()) == ["fold1-seed0", "fold2-seed0"]
+    # extraction ran once for the whole protocol: each store written once, never per fold
+    (history,) = json.loads((out / "extraction.json").read_text())
+    assert [s["written"] for s in history["stores"]] == [28, 28]
+    # a re-run skips the finished folds and extracts nothing
+    caplog.set_level(logging.INFO, logger="lightning_emo")
+    assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
+    assert caplog.text.count("finished earlier, skipped") == 2
+    assert [s["written"] for s in json.loads((out / "extraction.json").read_text())[1]["stores"]] == [0, 0]
+
+
+@pytest.mark.slow
+def test_reproduce_three_seeds_resumes_after_a_real_kill(tmp_path, caplog):
+    """kfold x 3 seeds in a subprocess, SIGKILLed once a run has finished; the re-run skips the finished runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "killed"
+    args = _fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2", "--seeds", "[0, 1, 2]")
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd()) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_emo.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not list((out / "folds").glob("*/DONE")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the protocol ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = {p.parent.name for p in (out / "folds").glob("*/DONE")}
+    assert finished and len(finished) < 6 and not (out / "summary.csv").exists()
+    caplog.set_level(logging.INFO, logger="lightning_emo")
+    assert main(args) == 0
+    assert caplog.text.count("finished earlier, skipped") == len(finished)
+    assert len(list((out / "folds").glob("*/DONE"))) == 6
+    assert all(r["n"] == "6" for r in _summary_rows(out))
+    assert (out / "summary_ci.png").is_file() and "Recommended" in (out / "summary.md").read_text()
+    history = json.loads((out / "extraction.json").read_text())
+    assert [s["written"] for s in history[0]["stores"]] == [28, 28]  # the killed run extracted everything once
+    assert all(s["written"] == 0 for h in history[1:] for s in h["stores"])

@@ -117,7 +117,7 @@ def test_local_entry_must_live_inside_the_zoo(tiny, tmp_path):
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     with pytest.raises(RecognizerError, match="not inside the zoo directory"):
-        from lightning_emo.hub.zoo import add_entry
+        from lightning_emo.hub.publish import add_entry
 
         add_entry("outside", tiny["export"], zoo=zoo)
     shutil.copytree(tiny["export"], zoo / "models" / "inside")

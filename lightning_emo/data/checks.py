@@ -49,6 +49,7 @@ def match_classes(
     *,
     reorder: bool = True,
     what: str = "",
+    error: type[LocatedError] = ClassListError,
 ) -> list[int] | None:
     """Match the class list ``have`` (a producer's: a checkpoint's outputs, a file's columns) to ``want``.
 
@@ -59,6 +60,7 @@ def match_classes(
         reorder: whether the consumer can reorder the producer's columns; when False, the same
             set in another order is refused too.
         what: a few words on what is being matched, for the message (e.g. ``"predict"``).
+        error: the error class raised (a :class:`LocatedError` taking ``(file, message)``).
 
     Returns:
         ``None`` when the lists are equal; else ``idx`` (length ``len(want)``) with
@@ -75,7 +77,7 @@ def match_classes(
     for names, src in ((have, have_from), (want, want_from)):
         dupes = sorted(c for c, n in Counter(names).items() if n > 1)
         if dupes:
-            raise ClassListError(src, f"{context}duplicate class name(s) {', '.join(map(repr, dupes))} in "
+            raise error(src, f"{context}duplicate class name(s) {', '.join(map(repr, dupes))} in "
                                  f"{_show(names)}: class names must be unique")
     both = f"{have_from} has {_show(have)}, {want_from} has {_show(want)}"
     if set(have) != set(want):
@@ -86,10 +88,10 @@ def match_classes(
             parts.append(f"only in {have_from}: {', '.join(only_have)}")
         if only_want:
             parts.append(f"only in {want_from}: {', '.join(only_want)}")
-        raise ClassListError(have_from, f"{context}the class lists differ ({'; '.join(parts)}): {both}. Use files "
+        raise error(have_from, f"{context}the class lists differ ({'; '.join(parts)}): {both}. Use files "
                              "made for the same classes (the manifest's sidecar lists them), or retrain")
     if not reorder:
-        raise ClassListError(have_from, f"{context}the same classes in another order: {both}; the class order "
+        raise error(have_from, f"{context}the same class list in another order: {both}; the class order "
                              "must be the same here (rewrite one file with the other's order, or retrain)")
     position = {c: i for i, c in enumerate(have)}
     return [position[c] for c in want]
@@ -151,6 +153,9 @@ def check_splits(
     all_speakers = set().union(*speakers.values()) if speakers else set()
     fix_splits = ("reassign splits with `lightning-emo prepare --resplit` (or fill the split column of the "
                   "manifest)")
+    if records and not all_speakers:  # a clip split of a small corpus is the usual way to get here
+        fix_splits += (", naming each clip's speaker first (folder corpora: `--option speaker_pattern=REGEX`, "
+                       "its first group in the file name is the speaker) or with other --ratios TRAIN VAL TEST")
     warnings: list[str] = []
 
     def refuse(split: str, message: str) -> None:

@@ -9,6 +9,11 @@ drops the label::
     surprised: null
     # labels not named keep their name if the target has that class (angry, sad, ...)
 
+Maps for the supported corpora ship with the package (``configs/labelmap/``:
+``ravdess_to_cremad``, ``cremad_to_ravdess``, ``<corpus>_to_iemocap`` for IEMOCAP's four
+classes); :func:`load_label_map` finds them by name (``labelmap/ravdess_to_cremad.yaml`` or
+just ``ravdess_to_cremad``) when no file of that path exists.
+
 Applying it (:func:`apply_label_map`) gives a manifest over the target classes and a
 :class:`LabelMapCounts` saying what was kept, what was dropped (per source label) and which
 target classes no clip reached. :func:`align_corpora` does what a cross-corpus run needs:
@@ -98,13 +103,19 @@ class LabelMapCounts:
 def load_label_map(path: str | os.PathLike) -> LabelMap:
     """Read a label-map YAML (``source_label: target_class`` or ``null``).
 
+    ``path`` is a file, or the name of a shipped map (``ravdess_to_cremad``,
+    ``labelmap/ravdess_to_cremad.yaml``); a local file wins.
+
     Raises:
         LabelMapError: naming the file, line and key of a malformed entry (not a mapping,
             a non-string value, a key written twice).
     """
     path = Path(path)
     if not path.is_file():
-        raise LabelMapError(path, "label map file not found (expected a YAML mapping like 'fearful: fear')")
+        path = _shipped(path) or path
+    if not path.is_file():
+        raise LabelMapError(path, "label map file not found (expected a YAML mapping like 'fearful: fear', or "
+                            f"the name of a shipped one: {', '.join(shipped_label_maps()) or 'none found'})")
     try:
         node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
@@ -135,6 +146,20 @@ def load_label_map(path: str | os.PathLike) -> LabelMap:
         mapping[key.strip()] = value
         lines[key.strip()] = line
     return LabelMap(mapping, str(path), lines)
+
+
+def shipped_label_maps() -> list[str]:
+    """Names of the label maps that ship with the package (``ravdess_to_cremad``, ...)."""
+    from lightning_emo.configs import list_configs
+
+    return [Path(n).stem for n in list_configs("labelmap")]
+
+
+def _shipped(name: Path) -> Path | None:
+    from lightning_emo.configs import shipped_config
+
+    rel = name.as_posix()
+    return shipped_config(rel if rel.startswith(("labelmap/", "configs/labelmap/")) else f"labelmap/{rel}")
 
 
 def as_label_map(label_map: LabelMap | Mapping[str, str | None] | str | os.PathLike | None) -> LabelMap:

@@ -402,14 +402,24 @@ def assign_splits(
         by_label: dict[str, list[Clip]] = defaultdict(list)
         for c in todo:
             by_label[c.label].append(c)
-        for label in sorted(by_label):
+        # Rounding each class on its own gives small classes no validation clips at all (5 clips
+        # x 0.1 rounds to 0 in every class): round the running totals instead, so the corpus gets
+        # its share of val/test clips while each class still gets its share (within one clip) and
+        # keeps at least one training clip.
+        labels = sorted(by_label)
+        rng.shuffle(labels)
+        seen, dealt = 0, {"val": 0, "test": 0}
+        for label in labels:
             group = sorted(by_label[label], key=lambda c: c.clip_id)
             rng.shuffle(group)
             n = len(group)
-            n_train = round(ratios[0] * n)
-            n_val = round(ratios[1] * n)
+            seen += n
+            n_val = min(max(math.floor(ratios[1] * seen + 0.5) - dealt["val"], 0), n - 1)
+            n_test = min(max(math.floor(ratios[2] * seen + 0.5) - dealt["test"], 0), n - 1 - n_val)
+            dealt["val"] += n_val
+            dealt["test"] += n_test
             for i, c in enumerate(group):
-                assignment[c.clip_id] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+                assignment[c.clip_id] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
     clips = [replace(c, split=assignment[c.clip_id]) if c.clip_id in assignment else c for c in manifest.clips]
     return replace(manifest, clips=clips, notes=notes)
 
@@ -434,7 +444,8 @@ def _split_units(clips: list[Clip], by: str) -> dict[str, tuple[str, str] | None
         return x
 
     for c in clips:
-        nodes = [n for n in (("group", c.group) if c.group else None, ("speaker", c.speaker) if c.speaker else None) if n]
+        nodes = [("group", c.group)] if c.group else []
+        nodes += [("speaker", c.speaker)] if c.speaker else []
         for n in nodes:
             find(n)
         if len(nodes) == 2:

@@ -128,6 +128,20 @@ class Predictions:
                                self.source, self.lines)
         return Predictions(list(self.clip_ids), list(self.splits), list(self.labels), probs, list(self.classes), source)
 
+    def reordered(self, classes: Sequence[str], other: str | os.PathLike = "<memory>") -> "Predictions":
+        """These predictions with their columns in ``classes``' order, matched by name.
+
+        Raises:
+            ClassListError: the class sets differ (names both lists and both files).
+        """
+        from lightning_emo.data.checks import match_classes
+
+        index = match_classes(self.classes, classes, self.source, other)
+        if index is None:
+            return self
+        return Predictions(list(self.clip_ids), list(self.splits), list(self.labels), self.probs[:, index],
+                           [self.classes[i] for i in index], self.source, self.lines)
+
     def line_of(self, clip_id: str) -> int | None:
         """The line ``clip_id`` is on in :attr:`source`, when read from a file."""
         return None if self.lines is None else self.lines[self.index[clip_id]]
@@ -329,9 +343,10 @@ def check_compatible(predictions: Sequence[Predictions], split: str | Sequence[s
     ref = predictions[0]
     ref_view = ref if split is None else ref.split(split)
     for other in predictions[1:]:
-        if list(other.classes) != list(ref.classes):
-            raise PredictionsError(other.source, f"class list {other.classes} differs from {ref.source}'s "
-                                   f"{ref.classes}", 1)
+        if list(other.classes) != list(ref.classes):  # reorder first with Predictions.reordered
+            from lightning_emo.data.checks import match_classes
+
+            match_classes(other.classes, ref.classes, other.source, ref.source, reorder=False, error=PredictionsError)
         view = other if split is None else other.split(split)
         a, b = set(ref_view.clip_ids), set(view.clip_ids)
         if a != b:

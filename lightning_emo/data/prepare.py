@@ -6,10 +6,45 @@ import argparse
 import inspect
 import sys
 
-from lightning_emo.data.checks import check_splits
+from lightning_emo.data.checks import CorpusError, check_splits
 from lightning_emo.data.corpora import CORPORA
 from lightning_emo.data.labelmap import LabelMapError, apply_label_map
-from lightning_emo.data.manifest import DEFAULT_RATIOS, ManifestError, assign_splits, read_manifest
+from lightning_emo.data.manifest import DEFAULT_RATIOS, SPLITS, Manifest, ManifestError, assign_splits, read_manifest
+
+SPEAKER_HINT = ("--option speaker_pattern=REGEX (its first group, searched in each file name, is the speaker: "
+                "'^([^_]+)_' reads spk01 from spk01_0003.wav)")
+
+
+def check_assigned_splits(manifest: Manifest, ratios, source) -> None:
+    """Refuse splits that came out empty although ``ratios`` asked for them (a corpus that cannot be validated or tested).
+
+    Training selects checkpoints on validation clips and the test split is what is scored: a
+    corpus with too few speakers (or clips) for the ratios would otherwise be written and fail
+    later, inside training. The message says which fix fits: a speaker pattern, more speakers, or ratios.
+    """
+    counts = {s: sum(c.split == s for c in manifest.clips) for s in SPLITS}
+    total = sum(ratios)
+    empty = [s for s, r in zip(SPLITS, ratios) if r > 0 and not counts[s]]
+    if not empty:
+        return
+    speakers = {c.speaker for c in manifest.clips if c.speaker}
+    groups = {c.group for c in manifest.clips if c.group}
+    asked = "/".join(f"{r / total:.2f}" for r in ratios)
+    if not speakers and not groups:
+        fix = (f"the clips name no speaker, and {len(manifest.clips)} clips split by class are too few for ratios "
+               f"{asked}: name each clip's speaker (folder corpora: {SPEAKER_HINT}; a manifest: its speaker "
+               "column), add clips, or change --ratios TRAIN VAL TEST")
+    elif len(speakers | groups) < 3:
+        fix = (f"only {len(speakers | groups)} speaker(s), and no speaker may be in two splits: add speakers, check "
+               f"that the speaker pattern tells them apart, or ask for fewer splits with --ratios (e.g. --ratios "
+               "0.8 0.2 0 writes no test split)")
+    else:
+        fix = (f"{len(speakers | groups)} speakers dealt to train/val/test with ratios {asked} left it empty: give "
+               "it a larger share with --ratios TRAIN VAL TEST (e.g. --ratios 0.6 0.2 0.2), or another --seed")
+    have = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+    raise CorpusError(source, f"no clips in split {' or '.join(map(repr, empty))} after assigning splits "
+                      f"({have} clips): checkpoints are selected on validation clips and scored on test clips. "
+                      f"{fix}. Nothing was written.", where=empty[0])
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -45,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="deal speakers (default) or whole groups (the manifest's group/session column, e.g. "
                         "IEMOCAP's sessions) to the splits")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="adapter option, e.g. modality=audio-only for ravdess, labels=FILE for cheavd")
+                        help="adapter option, e.g. speaker_pattern=REGEX for folder (the first group, searched "
+                        "in each file name, is the speaker: without it a folder corpus has no speakers and "
+                        "gets a clip split), modality=audio-only for ravdess, labels=FILE for cheavd")
     args = parser.parse_args(argv)
     if args.label_map and not args.classes:
         parser.error("--label-map needs --classes: the target class list the labels are mapped onto")
@@ -66,18 +103,26 @@ def main(argv: list[str] | None = None) -> int:
                                  f"(options: {', '.join(k for k in accepted if k != 'root')})")
             if args.classes and "classes" in accepted and not args.label_map:
                 options["classes"] = args.classes
-            manifest = prepare(args.root, **options)
+            try:
+                manifest = prepare(args.root, **options)
+            except ManifestError:
+                raise
+            except ValueError as e:  # an option value the adapter does not know: a usage error
+                parser.error(f"--corpus {args.corpus}: {e}")
         if args.label_map:
             manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
+        assigning = args.resplit or any(not c.split for c in manifest.clips)
         manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
                                  by=args.split_by)
+        if assigning:
+            check_assigned_splits(manifest, args.ratios, args.manifest or args.root)
         out = manifest.write(args.out)
         # Read back what was written: the same validation every other command applies. The
         # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
         counted = manifest.notes
         manifest = read_manifest(out)
         manifest.notes = counted + [n for n in manifest.notes if n not in counted]
-    except (ManifestError, LabelMapError) as e:
+    except (ManifestError, LabelMapError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(manifest.summary())

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_emo.console import track
 from lightning_emo.data.corpora.cheavd import CLASSES
 from lightning_emo.data.manifest import Clip, Manifest, assign_splits, read_manifest
 from lightning_emo.data.media import write_video
@@ -576,12 +577,10 @@ def synthesize(
     clip_dir.mkdir(parents=True, exist_ok=True)
     speakers = [make_speaker(seed, i) for i in range(num_speakers)]
 
-    from tqdm.auto import tqdm
-
     clips, stats = [], []
     started = time.perf_counter()
     todo = [(c, label, j) for c, label in enumerate(CLASSES) for j in range(clips_per_class)]
-    for c, label, j in tqdm(todo, desc="synth", unit="clip", disable=not progress, file=sys.stderr):
+    for c, label, j in track(todo, desc="synth", unit="clip", enabled=progress):
         speaker = speakers[speaker_index(c, j, num_speakers)]
         frames, audio, info = make_clip(config, label, j, speaker)
         clip_id = f"synth_{label}_{j:03d}"

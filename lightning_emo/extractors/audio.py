@@ -17,33 +17,50 @@ taken per clip), and frames past a clip's length are zero.
 
 ``compare``
     openSMILE ComParE 2016 low-level descriptors plus MFCC 0, each with first and second
-    derivatives: **198 = (65 + 1) x 3** values per frame at 10 ms hop.
+    derivatives: **198 = (65 + 1) x 3** values per frame at 10 ms hop, every one computed by
+    openSMILE in one run of ``compare_2016_lld_dd.conf`` (beside this module), which includes
+    opensmile's own ``ComParE_2016_core.lld.conf.inc`` unchanged and adds three things:
+
+    - MFCC 0 from ComParE's own MFCC chain (its ``cMfcc`` settings with ``firstMfcc = 0``:
+      the same 20 ms Hamming frames, 26-band HTK mel spectrum and liftering as its MFCC 1-14,
+      smoothed the same way), named ``mfcc_sma[0]``;
+    - its first derivative with ComParE's delta component;
+    - the second derivatives: ComParE's delta components applied once more to the first.
+
+    So dims 0-64 equal ``opensmile.Smile(ComParE_2016, LowLevelDescriptors)``, dims 66-130
+    equal ``LowLevelDescriptors_Deltas`` (the six voicing-based deltas -- F0, voicing
+    probability, jitter x2, shimmer, log HNR -- are computed only inside voiced segments and
+    zero at their bounds, as openSMILE computes them: a plain regression over the whole contour,
+    as this extractor once did, differs there), and the second derivatives follow the same rules.
+    Beware what parity brings: in that in-segment mode openSMILE's ``cDeltaRegression`` adds to
+    its normaliser for every frame pair it uses and never resets it (``deltaRegression.cpp``),
+    so these six deltas shrink with the frame's position in the clip -- measured on 10 s of
+    synthetic speech, about 1 % of the usual regression in the first second and 0.06 % after
+    9 s. The values are openSMILE's as distributed (its ComParE functionals see the same).
+    Order: ``[65 LLDs, mfcc0, their deltas, their delta-deltas]``; names in
+    :attr:`ComParEExtractor.feature_names`; ``deltas=1``/``0`` keep the first 132/66 dims.
 
     The paper's handcrafted baseline has 147 = 49 x 3 values ("ComParE LLDs plus MFCC 0 with
-    first and second derivatives"). ComParE 2016 (``opensmile.FeatureSet.ComParE_2016``,
-    ``FeatureLevel.LowLevelDescriptors``) has 65 LLDs: 4 energy related (loudness as
+    first and second derivatives"). ComParE 2016 has 65 LLDs: 4 energy related (loudness as
     ``audspec_lengthL1norm``, RASTA loudness, RMS energy, zero-crossing rate), 26 RASTA auditory
-    bands, 6 voicing related (F0, voicing probability, jitter x2, shimmer, log HNR), 15 spectral
-    descriptors and MFCC 1-14 -- MFCC 0 is not among them, hence "plus MFCC 0". 49 would be 48
-    of these 65 plus MFCC 0, and the paper does not say which 48 (its text names no list), so
-    that subset cannot be recovered; we keep all 65 instead of guessing, and say so here and in
-    the spec. MFCC 0 comes from :class:`MFCCFrontEnd` (the ``mfcc`` extractor's c0; openSMILE's
-    MFCC configuration starts at 1). Both derivatives are computed here with the same +-2-frame
-    regression as ``mfcc`` (openSMILE's own ``LowLevelDescriptors_Deltas`` level gives only
-    the first). Order: ``[65 LLDs, mfcc0, their deltas, their delta-deltas]``; names in
-    :attr:`ComParEExtractor.feature_names`.
+    bands, 6 voicing related, 15 spectral descriptors and MFCC 1-14 -- MFCC 0 is not among
+    them, hence "plus MFCC 0". 49 would be 48 of these 65 plus MFCC 0, and the paper does not
+    say which 48, so that subset cannot be recovered; we keep all 65 instead of guessing, and
+    say so here and in the spec.
 
-    Frame alignment: openSMILE's row ``i`` is the frame starting at ``10 i`` ms (the wrapper's
-    time index shows it, and its loudness correlates best with our c0 at lag 0); it returns two frames fewer than there are 25 ms windows (its voicing
-    descriptors use 60 ms windows), so a clip gets ``min(openSMILE rows, 25 ms windows)`` frames
-    and MFCC 0 is cut to match. openSMILE is not batched: clips go through it one at a time
-    (about 30 ms per 3 s clip); MFCC 0 and the derivatives are computed batched. Values that
-    openSMILE leaves undefined (NaN, for segments too short) are set to 0.
+    Frames: openSMILE's row ``i`` is the frame starting at ``10 i`` ms; a clip gets as many
+    frames as openSMILE returns LLD rows (its voicing descriptors use 60 ms windows: two fewer
+    than there are 25 ms windows), and 0 for a clip openSMILE finds too short. openSMILE is not
+    batched: clips go through it one at a time (about 30 ms per 3 s clip). Values openSMILE
+    leaves undefined (NaN) are set to 0. The values are not small (spectral variance reaches
+    ~6e6 on speech-like audio, its delta ~1.5e6): they do not fit float16; store them as float32.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,6 +269,9 @@ def build_mfcc(n_mfcc: int = 13, deltas: int = 2, cmvn: str = "none", n_mels: in
 # --------------------------------------------------------------------------- openSMILE ComParE
 
 
+COMPARE_CONFIG = Path(__file__).with_name("compare_2016_lld_dd.conf")
+
+
 class ComParEExtractor(AudioExtractor):
     """The ``compare`` extractor: openSMILE ComParE 2016 LLDs + MFCC 0, with derivatives (see the module docstring).
 
@@ -265,12 +285,12 @@ class ComParEExtractor(AudioExtractor):
         spec = ExtractorSpec(
             name="compare", modality="audio", dim=dim, sample_rate=SAMPLE_RATE, frame_rate=100.0,
             weights=WeightsSource(kind="none"), options={"deltas": deltas},
-            description=f"openSMILE ComParE 2016 LLDs (65) + MFCC 0, {deltas} derivative order(s): {dim}-d "
-                        "(the paper's handcrafted baseline had 147 = 49 x 3; its 48-LLD subset is unknown)")
+            description=f"openSMILE ComParE 2016 LLDs (65) + MFCC 0, {deltas} derivative order(s), all from "
+                        f"openSMILE: {dim}-d (the paper's handcrafted baseline had 147 = 49 x 3; its 48-LLD "
+                        "subset is unknown)")
         super().__init__(spec)
         self.deltas = deltas
-        self.c0 = MFCCFrontEnd(n_mfcc=1, deltas=0, cmvn="none")
-        self.compute_deltas = torchaudio.transforms.ComputeDeltas(win_length=5, mode="replicate")
+        self.dim = dim
         self._smile_obj = None
 
     @property
@@ -279,11 +299,19 @@ class ComParEExtractor(AudioExtractor):
         if self._smile_obj is None:
             import opensmile
 
-            self._smile_obj = opensmile.Smile(feature_set=opensmile.FeatureSet.ComParE_2016,
-                                              feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
-            if len(self._smile_obj.feature_names) != COMPARE_NUM_LLDS:
-                raise RuntimeError(f"openSMILE ComParE_2016 gave {len(self._smile_obj.feature_names)} LLDs, "
-                                   f"expected {COMPARE_NUM_LLDS}: an unsupported opensmile version")
+            shipped = Path(opensmile.__file__).parent / "core" / "config"
+            lld_conf = shipped / "compare" / "ComParE_2016_core.lld.conf.inc"
+            if not lld_conf.is_file():
+                raise RuntimeError(f"opensmile {opensmile.__version__} ships no {lld_conf}: an unsupported opensmile "
+                                   "version for the compare extractor")
+            self._smile_obj = opensmile.Smile(
+                feature_set=str(COMPARE_CONFIG), feature_level="lld_all",
+                options={"compareLldConf": str(lld_conf),
+                         "bufferModeConf": str(shipped / "shared" / "BufferMode.conf.inc")})
+            n = len(self._smile_obj.feature_names)
+            if n != 3 * (COMPARE_NUM_LLDS + 1):
+                raise RuntimeError(f"openSMILE gave {n} ComParE values per frame, expected "
+                                   f"{3 * (COMPARE_NUM_LLDS + 1)}: an unsupported opensmile version")
         return self._smile_obj
 
     def __getstate__(self) -> dict[str, Any]:
@@ -293,38 +321,42 @@ class ComParEExtractor(AudioExtractor):
 
     @property
     def feature_names(self) -> list[str]:
-        """The ``spec.dim`` names of the output dimensions, in order."""
-        static = list(self._smile.feature_names) + ["mfcc0"]
-        names = list(static)
-        for order in range(1, self.deltas + 1):
-            names += [n + "_de" * order for n in static]
-        return names
+        """The ``spec.dim`` names of the output dimensions, in order (openSMILE's, MFCC 0 as ``mfcc_sma[0]``)."""
+        # openSMILE names a one-element MFCC field without its index: give MFCC 0 its index back.
+        names = [re.sub(r"^mfcc_sma((?:_de)*)$", r"mfcc_sma[0]\1", n) for n in self._smile.feature_names]
+        return names[: self.dim]
 
-    def lld(self, wave: np.ndarray) -> np.ndarray:
-        """One clip ``(S,)`` float32 at 16 kHz -> openSMILE LLDs ``(N, 65)`` float32, NaN set to 0."""
-        if len(wave) < self.c0.win_length:
-            return np.zeros((0, COMPARE_NUM_LLDS), np.float32)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Segment too short")
+    def frames(self, wave: np.ndarray) -> np.ndarray:
+        """One clip ``(S,)`` float32 at 16 kHz -> ``(N, 198)`` float32 from openSMILE, NaN set to 0.
+
+        ``N = 0`` when openSMILE finds the clip too short for one frame.
+        """
+        if len(wave) == 0:
+            return np.zeros((0, 3 * (COMPARE_NUM_LLDS + 1)), np.float32)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             df = self._smile.process_signal(wave, SAMPLE_RATE)
-        return np.nan_to_num(df.to_numpy(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        values = df.to_numpy(dtype=np.float32)
+        if any("Segment too short" in str(w.message) for w in caught):  # openSMILE's NaN stand-in row
+            return np.zeros((0, values.shape[1]), np.float32)
+        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
 
     def extract(self, x, lengths):
-        c0, c0_lengths = self.c0(x, lengths)  # (B, T0, 1)
         wave = x.detach().float().cpu().numpy()
-        llds = [self.lld(np.ascontiguousarray(wave[i, : int(n)])) for i, n in enumerate(lengths.tolist())]
-        out_lengths = torch.tensor([min(len(f), int(n)) for f, n in zip(llds, c0_lengths.tolist())],
-                                   dtype=torch.long, device=x.device)
+        per_clip = [self.frames(np.ascontiguousarray(wave[i, : int(n)]))[:, : self.dim]
+                    for i, n in enumerate(lengths.tolist())]
+        out_lengths = torch.tensor([len(f) for f in per_clip], dtype=torch.long, device=x.device)
         t_max = int(out_lengths.max()) if len(out_lengths) else 0
-        static = x.new_zeros((x.shape[0], t_max, COMPARE_NUM_LLDS + 1), dtype=torch.float32)
-        for i, (f, n) in enumerate(zip(llds, out_lengths.tolist())):
-            static[i, :n, :COMPARE_NUM_LLDS] = torch.from_numpy(f[:n]).to(static.device)
-            static[i, :n, COMPARE_NUM_LLDS] = c0[i, :n, 0]
-        feats = append_deltas(static.transpose(1, 2), out_lengths, self.deltas, self.compute_deltas).transpose(1, 2)
-        return zero_padding(feats, out_lengths), out_lengths
+        feats = x.new_zeros((x.shape[0], t_max, self.dim), dtype=torch.float32)
+        for i, f in enumerate(per_clip):
+            feats[i, : len(f)] = torch.from_numpy(f).to(feats.device)
+        return feats, out_lengths
 
 
 @EXTRACTORS.register("compare")
 def build_compare(deltas: int = 2) -> ComParEExtractor:
-    """``compare``: openSMILE ComParE 2016 LLDs + MFCC 0 with derivatives, 198-d (not the paper's 147: see module)."""
+    """``compare``: openSMILE ComParE 2016 LLDs + MFCC 0 and their derivatives, all from openSMILE, 198-d.
+
+    (Not the paper's 147: see the module docstring.)
+    """
     return ComParEExtractor(deltas=deltas)

@@ -14,21 +14,20 @@ unless fine-tuning asks otherwise.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_emo.registry import Registry
+from lightning_emo.specs import WEIGHT_KINDS, ExtractorSpec, WeightsSource  # noqa: F401 (re-exported)
+from lightning_emo.utils import sha256_file  # noqa: F401 (re-exported)
+from lightning_emo.extractors.weights import WeightsNotFoundError  # noqa: F401 (re-exported)
 
 EXTRACTORS: Registry = Registry("extractor")
 # Which module registers which extractors: a recognizer that uses MFCC never imports the face stack
-# (torchvision, facenet-pytorch). tests/test_extractors_audio.py checks this table against the modules.
+# (torchvision, facenet-pytorch). tests/test_infer.py checks this table against the modules.
 for _module, _names in {
     "audio": ("mfcc", "compare"),
     "ssl": ("wav2vec2_base", "wav2vec2_large", "wav2vec2_asr_base", "hubert_base", "hubert_large", "wavlm_base",
@@ -38,81 +37,6 @@ for _module, _names in {
     "face_cnn": ("face_cnn",),
 }.items():
     EXTRACTORS.add_lazy(f"lightning_emo.extractors.{_module}", _names)
-
-WEIGHT_KINDS = ("none", "file", "hf-hub", "torchaudio", "facenet", "timm")
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights are not on this machine; the message says where to put them."""
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where an extractor's weights come from.
-
-    Attributes:
-        kind: ``none`` (no weights: handcrafted), ``file`` (a local file given by the user),
-            ``hf-hub`` (``uri`` = ``org/name``, ``filename``, pinned ``revision``),
-            ``torchaudio`` (``uri`` = bundle name, e.g. ``HUBERT_BASE``), ``facenet``
-            (``uri`` = ``vggface2`` or ``casia-webface``), ``timm`` (``uri`` = model name,
-            ``revision`` = the Hub revision of its weights).
-        uri: the source's identifier (see ``kind``).
-        filename: the file inside a Hub repo or the cache file name.
-        revision: a pinned Hub revision (commit hash or tag) where applicable.
-        sha256: the expected digest of the weight file, checked when given.
-        license: the weights' license, shown in model cards.
-    """
-
-    kind: str = "none"
-    uri: str = ""
-    filename: str = ""
-    revision: str | None = None
-    sha256: str | None = None
-    license: str = ""
-
-    def __post_init__(self):
-        if self.kind not in WEIGHT_KINDS:
-            raise ValueError(f"weights kind must be one of {WEIGHT_KINDS}, got {self.kind!r}")
-
-
-@dataclass(frozen=True)
-class ExtractorSpec:
-    """Everything downstream needs to know about an extractor, JSON-able.
-
-    Attributes:
-        name: the registry name.
-        modality: ``audio`` or ``face``.
-        dim: output feature dimension.
-        sample_rate: input sample rate (audio extractors).
-        frame_rate: output frames per second (audio: 1 / hop; face: the sampling rate of video frames).
-        crop_size: input face crop side in pixels (face extractors).
-        weights: where the weights come from.
-        options: the builder's keyword arguments (layer choice, etc.), so the spec rebuilds it.
-        description: one line for model cards and ``--help``.
-    """
-
-    name: str
-    modality: str
-    dim: int
-    sample_rate: int | None = None
-    frame_rate: float | None = None
-    crop_size: int | None = None
-    weights: WeightsSource = field(default_factory=WeightsSource)
-    options: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-    def __post_init__(self):
-        if self.modality not in ("audio", "face"):
-            raise ValueError(f"modality must be 'audio' or 'face', got {self.modality!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExtractorSpec":
-        d = dict(d)
-        d["weights"] = WeightsSource(**d.get("weights", {}))
-        return cls(**d)
 
 
 class Extractor(nn.Module):
@@ -152,17 +76,19 @@ def build_extractor(name: str, frozen: bool = True, **options) -> Extractor:
     return extractor
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def torch_hub_checkpoint(filename: str) -> Path:
-    """Where torch.hub (and so torchaudio and facenet-pytorch) caches a downloaded checkpoint."""
+    """Where torch.hub (and so torchaudio) caches a downloaded checkpoint: ``$TORCH_HOME/hub/checkpoints/<file>``.
+
+    facenet-pytorch keeps its files elsewhere (``$TORCH_HOME/checkpoints``): see
+    :func:`lightning_emo.extractors.weights.cache_path`.
+    """
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+# Registered name -> where its default weights come from (``extract --list``); filled by the extractor modules.
+DEFAULT_WEIGHTS: dict[str, WeightsSource] = {}
+NO_PUBLIC_WEIGHTS = WeightsSource(kind="file", uri="no public weights: a file you trained (--weights PATH) or a Hub "
+                                                   "repo (--option repo_id=ORG/NAME)")
 
 
 def resolve_weights(
@@ -171,13 +97,21 @@ def resolve_weights(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
 ) -> Path:
-    """Find the weight file for ``source`` on this machine.
+    """Find the weight file for ``source`` on this machine, downloading it on first use.
 
     Order: an explicit ``path``; for ``hf-hub``/``timm`` sources, huggingface_hub's cache
-    (downloading unless offline or ``local_files_only``); for ``torchaudio``/``facenet``
-    sources, torch.hub's checkpoint cache. A missing file raises
-    :class:`WeightsNotFoundError` saying where to put it.
+    (downloading from ``HF_ENDPOINT`` unless offline or ``local_files_only``); for
+    ``torchaudio``/``facenet`` sources, the upstream library's own cache, downloading from the
+    upstream URL or ``$LIGHTNING_EMO_WEIGHTS_URL`` unless offline
+    (:mod:`lightning_emo.extractors.weights`).
+
+    Raises:
+        WeightsNotFoundError: not on this machine and not downloadable (offline, no such file);
+            the message names the file, where it was looked for and where it would come from.
+        WeightsDownloadError: the download failed (refused, timed out, HTTP error, corrupt).
     """
+    from lightning_emo.extractors import weights as weights_mod
+
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
@@ -190,26 +124,10 @@ def resolve_weights(
         raise WeightsNotFoundError(f"{source.uri or 'this extractor'} loads weights from a local file: pass its path "
                                    f"(weights=PATH / --weights PATH)")
     if source.kind in ("hf-hub", "timm"):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            p = Path(hf_hub_download(source.uri, source.filename, revision=source.revision, cache_dir=cache_dir,
-                                     local_files_only=bool(local_files_only)))
-        except (LocalEntryNotFoundError, OSError) as e:
-            raise WeightsNotFoundError(
-                f"weights {source.uri}/{source.filename}@{source.revision or 'main'} are not in the Hugging Face cache "
-                f"and cannot be downloaded ({type(e).__name__}). Download them where there is a network "
-                f"(huggingface-cli download {source.uri} {source.filename} --revision {source.revision or 'main'}) "
-                f"and copy the cache, or pass a local file with weights=PATH.") from None
-        _check_digest(p, source)
-        return p
-    # torchaudio / facenet: torch.hub's checkpoint cache, where their own loaders put files.
-    p = torch_hub_checkpoint(source.filename)
-    if not p.is_file():
-        raise WeightsNotFoundError(
-            f"weights {source.filename} ({source.kind} {source.uri}) not found at {p}. Copy the file there "
-            f"(or set TORCH_HOME), or pass a local file with weights=PATH.")
+        p = weights_mod.hub_file(source, cache_dir=cache_dir,
+                                 local_files_only=bool(local_files_only) or weights_mod.is_offline())
+    else:
+        p = weights_mod.fetch(source)
     _check_digest(p, source)
     return p
 

@@ -1,6 +1,6 @@
 """``lightning-emo extract``: frozen extractors over a manifest through a Lightning predict loop into feature stores.
 
-One store per extractor (``FEATURES_DIR/<name>/``, :mod:`lightning_emo.data.features`). The
+One store per extractor (``FEATURES_DIR/<name>/``, :mod:`lightning_emo.data.store`). The
 raw-clip DataModule decodes media (in DataLoader workers where the model leaves cores free:
 :func:`default_decoding_workers`); :class:`ExtractionModule` runs the frozen extractor in
 ``predict_step`` through :class:`~lightning_emo.extractors.runner.FeatureRunner` (audio:
@@ -15,7 +15,6 @@ Python API: :func:`extract`. Test hook: the environment variable
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -28,8 +27,8 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import DataLoader
 
-from lightning_emo.data.features import FeatureStore, cache_key, select_features
 from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
+from lightning_emo.data.store import FeatureStore, cache_key
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec
 from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES, register_extractors: API)
     EXTRACTOR_MODULES,
@@ -38,10 +37,12 @@ from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES,
     MISSING_NO_VIDEO,
     ClipFeatures,
     FeatureRunner,
-    builder_accepts,
     build_for_extraction,
+    builder_accepts,
     register_extractors,
 )
+from lightning_emo.extractors.selection import select_features
+from lightning_emo.console import Progress, quiet_upstream
 from lightning_emo.utils import log, setup_logging
 
 DEFAULT_FPS = 5.0
@@ -121,12 +122,11 @@ class FeatureStoreWriter(BasePredictionWriter):
 
 
 class ExtractionProgress(Callback):
-    """Rank 0's progress in clips: a tqdm bar on a terminal, else a log line every ``interval`` seconds."""
+    """Rank 0's progress in clips (:class:`~lightning_emo.console.Progress`: a bar on a terminal, else log lines)."""
 
     def __init__(self, desc: str, interval: float = 10.0):
         self.desc, self.interval = desc, interval
-        self.bar = None
-        self.done = 0
+        self.progress: Progress | None = None
         self.loop_seconds = 0.0
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -134,46 +134,22 @@ class ExtractionProgress(Callback):
             return
         dataloaders = trainer.predict_dataloaders
         dl = dataloaders[0] if isinstance(dataloaders, (list, tuple)) else dataloaders
-        self.world = trainer.world_size
-        self.total = len(dl.dataset)  # rank 0's share
-        self.all = len(trainer.datamodule.todo) if hasattr(trainer.datamodule, "todo") else self.total
-        self.start = self.last = time.monotonic()
-        self.done = 0
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            suffix = f" (rank 0 of {self.world})" if self.world > 1 else ""
-            self.bar = tqdm(total=self.total, desc=self.desc + suffix, unit="clip", file=sys.stderr, dynamic_ncols=True)
+        total = len(dl.dataset)  # rank 0's share
+        desc = self.desc
+        if trainer.world_size > 1:
+            everything = len(trainer.datamodule.todo) if hasattr(trainer.datamodule, "todo") else total
+            desc += f" (rank 0 of {trainer.world_size}; {everything} clips in all)"
+        self.progress = Progress(total, desc, unit="clip", interval=self.interval)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.is_global_zero:
-            return
-        n = len(batch["clip_id"])
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.interval or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else math.inf
-            share = f" (rank 0 of {self.world}; {self.all} clips in all)" if self.world > 1 else ""
-            log.info(f"{self.desc}: {self.done}/{self.total} clips{share}, {rate:.2f} clips/s, ETA {_hms(eta)}")
+        if self.progress is not None:
+            self.progress.update(len(batch["clip_id"]))
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.loop_seconds = time.monotonic() - self.start
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+        if self.progress is not None:
+            self.loop_seconds = self.progress.elapsed
+            self.progress.close()
+            self.progress = None
 
 
 class ExtractionData(pl.LightningDataModule):
@@ -424,6 +400,7 @@ def run_extraction(
     trainer_args.setdefault("enable_checkpointing", False)
     writer = FeatureStoreWriter(store, commit_every=commit_every)
     progress = ExtractionProgress(f"extract {store_path.name}")
+    quiet_upstream()
     pl_trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer, progress],
                             use_distributed_sampler=False,
                             precision=resolve_precision(precision, trainer_args["accelerator"], spec), **trainer_args)
@@ -487,6 +464,28 @@ def _parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def list_extractors() -> str:
+    """One line per registered extractor: its name, where its default weights come from, and whether they are cached."""
+    from lightning_emo.extractors.base import DEFAULT_WEIGHTS
+    from lightning_emo.extractors.weights import describe_source, is_cached
+
+    register_extractors()
+    names = EXTRACTORS.names()
+    width = max(map(len, names))
+    lines = []
+    for name in names:
+        source = DEFAULT_WEIGHTS.get(name)
+        if source is None:
+            lines.append(f"{name.ljust(width)}  no weights")
+            continue
+        state = ""
+        if source.kind in ("torchaudio", "facenet", "hf-hub", "timm"):
+            found = is_cached(source)
+            state = f"  [cached: {found}]" if found else "  [not cached: downloads on first use]"
+        lines.append(f"{name.ljust(width)}  {describe_source(source)}{state}")
+    return "\n".join(lines)
+
+
 def build_parser():
     """The ``lightning-emo extract`` parser (jsonargparse; ``pl.Trainer`` arguments under ``--trainer.*``)."""
     from jsonargparse import ArgumentParser
@@ -537,7 +536,12 @@ def build_parser():
     parser.add_argument("--commit-every", type=int, default=16,
                         help="clips per commit (a killed run loses at most these)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the feature selection")
-    parser.add_argument("--list", action="store_true", help="list the registered extractors and exit")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download weights (also: HF_HUB_OFFLINE=1); a missing file is an error naming "
+                        "the file, the cache path and its URL")
+    parser.add_argument("--list", action="store_true",
+                        help="list the registered extractors, where their weights come from and whether they are "
+                        "cached, and exit")
     parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False, fail_untyped=False,
                                skip={"callbacks", "logger", "precision", "enable_progress_bar", "max_epochs",
                                      "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
@@ -554,12 +558,22 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     """``lightning-emo extract``."""
     if argv is not None and "--list" in argv:
-        register_extractors()
-        print("\n".join(EXTRACTORS.names()))
+        print(list_extractors())
         return 0
     parser = build_parser()
     cfg = parser.parse_args(argv)
     setup_logging()
+    from lightning_emo.extractors.weights import set_offline
+
+    previous = set_offline(True) if cfg.offline else None
+    try:
+        return _run(parser, cfg)
+    finally:
+        if previous is not None:
+            set_offline(previous)
+
+
+def _run(parser, cfg) -> int:
     if cfg.name and len(cfg.extractor) > 1:
         parser.error("--name works with one --extractor only")
     try:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lightning_emo.extractors.base import (
+    DEFAULT_WEIGHTS,
     EXTRACTORS,
     Extractor,
     ExtractorSpec,
@@ -174,7 +175,11 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with code, a truncated file, not a torch file
+        raise ValueError(f"weights file {path} is not a torch state dict ({type(e).__name__}); if it is a broken "
+                         "download, delete it and run again to download it anew") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -186,10 +191,13 @@ class FaceNetExtractor(FaceExtractor):
     """facenet-pytorch ``InceptionResnetV1`` face embeddings: 512-d, L2-normalised, from 160x160 crops.
 
     Input standardisation is facenet-pytorch's fixed one, ``(x * 255 - 127.5) / 128``. Weights come
-    from torch.hub's checkpoint cache under the file names facenet-pytorch itself downloads to
+    from facenet-pytorch's own cache folder under its own file names
     (``$TORCH_HOME/checkpoints/20180402-114759-vggface2.pt`` or ``20180408-102900-casia-webface.pt``),
-    or from ``weights=PATH`` (a ``.pt`` state dict or ``.safetensors``). The identity classifier
-    (``logits.*``) is dropped; every other tensor must match.
+    downloaded there on first use from facenet-pytorch's release URL or
+    ``$LIGHTNING_EMO_WEIGHTS_URL``, or from ``weights=PATH`` (a ``.pt`` state dict or
+    ``.safetensors``). The identity classifier (``logits.*``) is dropped; every other tensor must
+    match, except BatchNorm's ``num_batches_tracked`` counters, which files may carry or not
+    (torch's loader fills them for files saved without them; unused in eval).
 
     Args:
         dataset: ``vggface2`` or ``casia-webface``.
@@ -211,6 +219,9 @@ class FaceNetExtractor(FaceExtractor):
         if pretrained:
             path = resolve_weights(source, path=weights)
             state = {k: v for k, v in _load_state_dict(path).items() if not k.startswith("logits.")}
+            for key, value in net.state_dict().items():
+                if key.endswith(".num_batches_tracked"):
+                    state.setdefault(key, torch.zeros_like(value))
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as e:
@@ -233,6 +244,10 @@ class FaceNetExtractor(FaceExtractor):
         return self.net((crops * 255.0 - 127.5) / 128.0)
 
 
+DEFAULT_WEIGHTS["facenet_vggface2"] = FACENET_WEIGHTS["vggface2"]
+DEFAULT_WEIGHTS["facenet_casia"] = FACENET_WEIGHTS["casia-webface"]
+
+
 @EXTRACTORS.register("facenet_vggface2")
 def build_facenet_vggface2(weights: str | os.PathLike | None = None, pretrained: bool = True,
                            fps: float | None = None, batch_size: int = 64) -> FaceNetExtractor:
@@ -249,6 +264,10 @@ def build_facenet_casia(weights: str | os.PathLike | None = None, pretrained: bo
 
 # ----------------------------------------------------------------------------------------------
 # timm
+
+
+DEFAULT_WEIGHTS["timm"] = WeightsSource(kind="timm", uri="timm/resnet18.a1_in1k", filename="model.safetensors",
+                                        license="apache-2.0")
 
 
 @EXTRACTORS.register("timm")

@@ -25,7 +25,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lightning_emo.extractors.base import EXTRACTORS, ExtractorSpec, WeightsSource, resolve_weights
+from lightning_emo.extractors.base import (
+    DEFAULT_WEIGHTS,
+    EXTRACTORS,
+    NO_PUBLIC_WEIGHTS,
+    ExtractorSpec,
+    WeightsSource,
+    resolve_weights,
+)
 from lightning_emo.extractors.face import FaceExtractor, local_file_source, snapshot_revision
 
 __all__ = ["FACE_CNN_INPUT", "FACE_CNN_POOL5", "FaceCNN", "FaceCNNExtractor", "load_face_cnn", "save_face_cnn"]
@@ -122,6 +129,9 @@ def load_face_cnn(path: str | os.PathLike, map_location: str | torch.device = "c
     except RuntimeError as e:
         raise ValueError(f"{path}: tensors do not match the FaceCNN config {meta['config']}: {e}") from None
     return model.to(map_location)
+
+
+DEFAULT_WEIGHTS["face_cnn"] = NO_PUBLIC_WEIGHTS
 
 
 @EXTRACTORS.register("face_cnn")

@@ -17,12 +17,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from lightning_emo.data.store import MISSING_NO_AUDIO, MISSING_NO_FRAMES, MISSING_NO_VIDEO
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec, build_extractor
 
-# Reasons a clip is recorded without a sequence (it is "done" but has nothing to train on).
-MISSING_NO_AUDIO = "no_audio"
-MISSING_NO_VIDEO = "no_video"
-MISSING_NO_FRAMES = "no_frames"
 # Modules whose import registers extractors (imported on demand: see lightning_emo.extractors.base).
 EXTRACTOR_MODULES = ("audio", "ssl", "speech_dnn", "face", "face_cnn")
 

@@ -13,19 +13,39 @@ Fit data (``unit``):
 Importance is scikit-learn's impurity-based ``feature_importances_`` of a
 ``RandomForestClassifier`` (``max_features="sqrt"``, seeded); the k highest are kept, most
 important first (ties by lower index).
+
+:func:`select_features` fits a selector on a feature store's training clips and writes the
+derived store (``<parent>-sel<k>``) that training and inference read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["FeatureSelector"]
+from lightning_emo.data.manifest import Clip, Manifest, read_manifest
+from lightning_emo.data.store import (
+    SELECTOR_FILE,
+    STORE_FILE,
+    FeatureStore,
+    FeatureStoreError,
+    StaleStoreError,
+    _jsonable,
+    _remove_store,
+    absent_message,
+)
+from lightning_emo.utils import log
+
+__all__ = ["FeatureSelector", "select_features"]
 
 _FORMAT = "lightning_emo.FeatureSelector/1"
 
@@ -202,6 +222,11 @@ class FeatureSelector:
         return path
 
     @classmethod
+    def from_store(cls, store: FeatureStore) -> "FeatureSelector":
+        """The selector a derived store was written with (:func:`select_features`)."""
+        return cls.load(store.selector_path)
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureSelector":
         """Read a selection written by :meth:`save`."""
         path = Path(path)
@@ -237,3 +262,113 @@ class FeatureSelector:
     def __repr__(self) -> str:
         fitted = f"dim={self.dim}" if self.indices is not None else "not fitted"
         return f"FeatureSelector(k={self.k}, unit={self.unit!r}, {fitted})"
+
+
+# --------------------------------------------------------------------------------------------
+# random-forest feature selection -> a derived store
+
+
+def select_features(
+    store: FeatureStore | str | os.PathLike,
+    manifest: Manifest | str | os.PathLike,
+    k: int,
+    out: str | os.PathLike | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    root: str | os.PathLike | None = None,
+    **selector_options: Any,
+) -> FeatureStore:
+    """Fit a random-forest :class:`FeatureSelector` on the store's TRAIN clips and write a derived store.
+
+    The selector (:mod:`lightning_emo.extractors.selection`) samples frames with content of the
+    training clips, labelled with their clip's class. The derived store keeps the ``k`` most
+    important feature columns of every manifest clip (all splits); its key is the parent key plus
+    the selection, and the fitted selector is saved in it (``selector.safetensors``) so that
+    inference applies the same columns. Re-running with the same arguments reuses it.
+
+    Args:
+        store: the parent store (or its path).
+        manifest: the manifest whose ``train`` split the selector is fitted on.
+        k: how many features to keep (the paper: 1024 or 2048 of 9216).
+        out: the derived store directory; default ``<parent>-sel<k>`` beside the parent.
+        seed: seeds the frame subsampling and the forest.
+        overwrite: replace a derived store whose key differs.
+        root: the manifest's corpus root (only used to read the manifest).
+        selector_options: ``FeatureSelector`` arguments (``unit``, ``n_estimators``, ``max_samples``, ...).
+    """
+    parent = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest, root=root, check_files=False)
+    if not 0 < k <= parent.dim:
+        raise ValueError(f"select k={k}: must be between 1 and the store's dimension {parent.dim} ({parent.path})")
+    if parent.selection:
+        raise ValueError(f"feature store {parent.path} is already a selected store (k={parent.selection['k']}); "
+                         "select from its parent")
+    out = Path(out) if out is not None else parent.path.with_name(f"{parent.path.name}-sel{k}")
+    absent = [c.clip_id for c in manifest.clips if c.clip_id not in parent]
+    if absent:
+        raise FeatureStoreError(absent_message(parent, absent, len(manifest.clips)))
+    train = [c for c in manifest.split("train") if parent.n_valid(c.clip_id) > 0]
+    if not train:
+        raise ValueError(f"manifest {manifest.source}: no clip of split 'train' has a frame with content in "
+                         f"{parent.path} to fit the feature selector on")
+    selector = FeatureSelector(k=k, seed=seed, **selector_options)
+    selection_key = {"method": "random_forest", "k": int(k), "unit": selector.unit, "params": selector.params,
+                     "fit_split": "train",
+                     "train_clips": _digest(sorted(f"{c.clip_id}:{c.label}" for c in train))}
+    key = {**parent.key, "selection": _jsonable(selection_key)}
+    if (out / STORE_FILE).is_file():
+        try:
+            derived = FeatureStore.open(out, expect_key=key)
+        except StaleStoreError:
+            if not overwrite:
+                raise
+            _remove_store(out)
+        else:
+            if (out / SELECTOR_FILE).is_file():
+                return _write_selected(parent, derived, FeatureSelector.from_store(derived), manifest.clips)
+            _remove_store(out)  # killed between creating the store and saving its selector
+
+    t0 = time.monotonic()
+    log.info(f"fitting the random-forest feature selector on {len(train)} train clips ({parent.dim} features, "
+             f"keeping {k})")
+    features, masks = zip(*(parent.get(c.clip_id) for c in train))
+    selector.fit(list(features), [manifest.label_index(c.label) for c in train], list(masks))
+    log.info(f"selector fitted on {selector.info.get('samples')} frames in {time.monotonic() - t0:.1f} s")
+    selection_meta = {**selection_key, "parent": str(parent.path.resolve()), "parent_key": parent.key,
+                      "parent_dim": parent.dim, "selector": SELECTOR_FILE}
+    derived = FeatureStore.create(out, parent.spec, key, dtype=str(parent.dtype), dim=k,
+                                  extra_meta={"selection": selection_meta})
+    with atomic_path_keep_suffix(out / SELECTOR_FILE) as tmp:
+        selector.save(tmp)
+    return _write_selected(parent, derived, selector, manifest.clips)
+
+
+def _write_selected(parent: FeatureStore, derived: FeatureStore, selector, clips: Sequence[Clip]) -> FeatureStore:
+    with derived.writer(rank=0, commit_every=64) as w:
+        for c in clips:
+            if c.clip_id in derived:
+                continue
+            if c.clip_id in parent.missing:
+                w.add_missing(c.clip_id, parent.missing[c.clip_id])
+                continue
+            feats, mask = parent.get(c.clip_id)
+            w.add(c.clip_id, selector.transform(np.asarray(feats)), np.asarray(mask))
+    derived.merge()
+    log.info(f"wrote selected store {derived.path}: {derived.dim} of {parent.dim} features, {len(derived)} clips")
+    return derived
+
+
+@contextlib.contextmanager
+def atomic_path_keep_suffix(path: Path) -> Iterator[Path]:
+    """Like :func:`lightning_emo.utils.atomic_path`, with a temporary name that keeps ``path``'s suffix."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _digest(items: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]

@@ -41,7 +41,9 @@ from torch import nn
 
 from lightning_emo.extractors.audio import SAMPLE_RATE, AudioExtractor, MFCCFrontEnd, zero_padding
 from lightning_emo.extractors.base import (
+    DEFAULT_WEIGHTS,
     EXTRACTORS,
+    NO_PUBLIC_WEIGHTS,
     ExtractorSpec,
     WeightsSource,
     resolve_weights,
@@ -290,6 +292,9 @@ def _build(name: str, bottleneck: bool, weights, repo_id, revision, filename, ca
     return extractor
 
 
+DEFAULT_WEIGHTS["speech_dnn"] = NO_PUBLIC_WEIGHTS
+
+
 @EXTRACTORS.register("speech_dnn")
 def build_speech_dnn(weights: str | os.PathLike | None = None, repo_id: str | None = None, revision: str | None = None,
                      filename: str = "model.safetensors", cache_dir: str | os.PathLike | None = None,
@@ -300,6 +305,9 @@ def build_speech_dnn(weights: str | os.PathLike | None = None, repo_id: str | No
     a commit hash or tag); ``cache_dir``/``local_files_only`` go to huggingface_hub.
     """
     return _build("speech_dnn", False, weights, repo_id, revision, filename, cache_dir, local_files_only)
+
+
+DEFAULT_WEIGHTS["speech_bottleneck"] = NO_PUBLIC_WEIGHTS
 
 
 @EXTRACTORS.register("speech_bottleneck")

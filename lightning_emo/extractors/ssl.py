@@ -2,10 +2,13 @@
 
 Each registered name is one torchaudio bundle (``torchaudio.pipelines.<BUNDLE>``): its
 architecture is rebuilt with the public model builders (``torchaudio.models.wav2vec2_model`` /
-``wavlm_model``) from the bundle's parameters, and its weights are the bundle's file, looked up
-in torch.hub's checkpoint cache (where ``bundle.get_model()`` would have downloaded it:
-``$TORCH_HOME/hub/checkpoints/<file>``) or given as ``weights=PATH``. Nothing is downloaded
-unless ``download=True``.
+``wavlm_model``) from the bundle's parameters, and its weights are the bundle's file
+(``bundle._path``), looked up in torch.hub's checkpoint cache where ``bundle.get_model()`` keeps
+it (``$TORCH_HOME/hub/checkpoints/<file>``) and downloaded there on first use from torchaudio's
+URL or ``$LIGHTNING_EMO_WEIGHTS_URL`` (:mod:`lightning_emo.extractors.weights`), or given as
+``weights=PATH``. Both state-dict layouts torchaudio loads are accepted: the positional
+convolution's weight norm as ``...conv.weight_g``/``weight_v`` (fairseq/Hugging Face converters,
+older torch) or ``...conv.parametrizations.weight.original0``/``original1`` (newer torch).
 
 Output: ``(B, T, D)`` at 50 frames/s (the convolutional front-end's stride is 320 samples,
 receptive field 400 samples), ``T_i = conv chain applied to L_i``.
@@ -53,16 +56,7 @@ import torchaudio
 from torch import nn
 
 from lightning_emo.extractors.audio import AudioExtractor, conv_output_lengths, lengths_to_mask, zero_padding
-from lightning_emo.extractors.base import (
-    EXTRACTORS,
-    ExtractorSpec,
-    WeightsNotFoundError,
-    WeightsSource,
-    resolve_weights,
-    torch_hub_checkpoint,
-)
-
-TORCHAUDIO_MODEL_URL = "https://download.pytorch.org/torchaudio/models/"
+from lightning_emo.extractors.base import DEFAULT_WEIGHTS, EXTRACTORS, ExtractorSpec, WeightsSource, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -128,29 +122,34 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code, a truncated file, not a torch file
-        raise ValueError(f"weights file {path} is not a torch state dict ({type(e).__name__}: {e})") from None
+        raise ValueError(f"weights file {path} is not a torch state dict ({type(e).__name__}: {e}); if it is a "
+                         "broken download, delete it and run again to download it anew") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"weights file {path} should hold a state dict (parameter name -> tensor), "
                          f"got {type(sd).__name__}")
     return dict(sd)
 
 
-def download_bundle_weights(bundle_name: str, base_url: str | None = None) -> Path:
-    """Download the bundle's weight file into torch.hub's checkpoint cache (what ``bundle.get_model()`` does).
+def upstream_layout(state: Mapping[str, torch.Tensor], expected: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Rename weight-norm keys to the layout of ``expected`` (the model's own state-dict keys), both ways.
 
-    ``base_url`` defaults to :data:`TORCHAUDIO_MODEL_URL` (torchaudio's own download location).
+    ``torch.nn.utils.weight_norm`` (older torch, torchaudio's fairseq converter) writes
+    ``<conv>.weight_g``/``weight_v``; ``torch.nn.utils.parametrizations.weight_norm`` (today's
+    torchaudio models) writes ``<conv>.parametrizations.weight.original0``/``original1``. torch's
+    own loader accepts the first for the second through a load hook; this does the same before
+    the strict key check, so every file torchaudio loads is accepted here.
     """
-    filename = get_bundle(bundle_name)._path
-    base_url = base_url or TORCHAUDIO_MODEL_URL
-    dst = torch_hub_checkpoint(filename)
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(base_url + filename, str(dst), progress=False)
-        except OSError as e:
-            raise WeightsNotFoundError(f"could not download {base_url + filename} to {dst} ({e}); copy the file "
-                                       f"there by hand or pass weights=PATH") from None
-    return dst
+    pairs = (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in expected:
+            for old, new in pairs:
+                for a, b in ((old, new), (new, old)):
+                    if key.endswith("." + a) and key[: -len(a)] + b in expected:
+                        key = key[: -len(a)] + b
+                        break
+        out[key] = value
+    return out
 
 
 def _masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -210,12 +209,11 @@ class SSLExtractor(AudioExtractor):
             for tests and experiments); the weights must match.
         num_layers: only with ``layers="all"``: the expected number of stacked hidden states,
             checked (it is recorded in the spec so a head can un-flatten the features).
-        download: fetch the bundle's weights into torch.hub's cache when missing.
     """
 
     def __init__(self, name: str, layer: int | None = None, layers: Any = None,
                  weights: str | os.PathLike | None = None, arch: Mapping[str, Any] | None = None,
-                 num_layers: int | None = None, download: bool = False):
+                 num_layers: int | None = None):
         if name not in SSL_MODELS:
             raise KeyError(f"unknown SSL encoder {name!r}; known: {', '.join(sorted(SSL_MODELS))}")
         info = SSL_MODELS[name]
@@ -228,9 +226,7 @@ class SSLExtractor(AudioExtractor):
             raise ValueError(f"num_layers={num_layers} does not fit layers={layers!r} of {name} "
                              f"(layers='all' stacks {total + 1} hidden states)")
         source = WeightsSource(kind="torchaudio", uri=info.bundle, filename=bundle._path, license=info.license)
-        # Weights first: a missing file fails before a large architecture is built.
-        if weights is None and download and not torch_hub_checkpoint(bundle._path).is_file():
-            download_bundle_weights(info.bundle)
+        # Weights first (downloaded on first use): a missing file fails before a large architecture is built.
         path = resolve_weights(source, path=weights)
 
         options: dict[str, Any] = {}
@@ -266,6 +262,7 @@ class SSLExtractor(AudioExtractor):
         with torch.device("meta"):
             model = build_architecture(info.bundle, arch)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        state = upstream_layout(state, expected)
         problems = [f"missing {k}" for k in expected if k not in state]
         problems += [f"unexpected {k}" for k in state if k not in expected]
         problems += [f"{k} has shape {tuple(v.shape)}, expected {expected[k]}" for k, v in state.items()
@@ -365,15 +362,15 @@ def _register(name: str) -> None:
     info = SSL_MODELS[name]
 
     def build(layer: int | None = None, layers: Any = None, weights: str | os.PathLike | None = None,
-              arch: Mapping[str, Any] | None = None, num_layers: int | None = None,
-              download: bool = False) -> SSLExtractor:
-        return SSLExtractor(name, layer=layer, layers=layers, weights=weights, arch=arch, num_layers=num_layers,
-                            download=download)
+              arch: Mapping[str, Any] | None = None, num_layers: int | None = None) -> SSLExtractor:
+        return SSLExtractor(name, layer=layer, layers=layers, weights=weights, arch=arch, num_layers=num_layers)
 
     build.__name__ = f"build_{name}"
     build.__doc__ = (f"``{name}``: {info.description} (torchaudio ``{info.bundle}``, {info.license} license); "
                      f"see :class:`SSLExtractor` for the options.")
     EXTRACTORS.register(name, build)
+    DEFAULT_WEIGHTS[name] = WeightsSource(kind="torchaudio", uri=info.bundle, filename=get_bundle(info.bundle)._path,
+                                          license=info.license)
 
 
 for _name in SSL_MODELS:

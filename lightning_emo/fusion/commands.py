@@ -20,7 +20,9 @@ examples:
 Every file needs 'val' rows (the rules are fitted on them) and 'test' rows (scored), over the same
 clips and classes. Every audio x video pair is fused with every rule; --model files are fused
 together as one group. Writes results.md, table*.csv, results.csv, <pair>/<rule>/predictions.csv
-(fusable again), <pair>/<rule>/rule.json and confusion_best.png to --out.
+(fusable again), <pair>/<rule>/rule.json and confusion_best.png to --out. Every table gives
+WA (accuracy), UA (unweighted average recall) and macro-F1; the recommended method is chosen
+by its validation score, and a paired test compares it with the best single model.
 """
 
 
@@ -46,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"Table 4 and 5 variants; known: cascade, {', '.join(RULES)}")
     p.add_argument("--calibrate", action="store_true",
                    help="temperature-scale each model on val (minimum NLL) before every rule")
+    p.add_argument("--checkpoint", type=_named, action="append", default=[], metavar="NAME=CKPT",
+                   help="a model's Lightning checkpoint: the prior rule then uses the validation micro-F1 that "
+                        "FusionPriorCallback stored in it instead of recomputing it from the predictions (repeatable)")
+    p.add_argument("--crossfit", type=int, default=0, metavar="K",
+                   help="0 (default, the paper): rules fitted and scored on val in-sample; K >= 2: validation scores "
+                        "from K-fold cross-fitting over the val clips (out-of-sample)")
+    p.add_argument("--select-metric", default="wa", choices=["wa", "ua", "macro_f1", "weighted_f1"],
+                   help="validation metric that picks the recommended method (default: wa)")
     p.add_argument("--all", dest="fuse_all", action="store_true", help="also fuse all the models together")
     p.add_argument("--val-split", default="val", help="split the rules are fitted on (default: val)")
     p.add_argument("--test-split", default="test", help="split the rules are scored on (default: test)")
@@ -70,9 +80,26 @@ def main(argv: list[str] | None = None) -> int:
         expand_rules(args.rules)
     except KeyError as e:
         parser.error(str(e.args[0]))
+    stored: dict[str, float] = {}
+    if args.checkpoint:  # Lightning and torch load only when checkpoints are given
+        from lightning_emo.fusion.callback import fusion_state_from_checkpoint
+    for name, ckpt in args.checkpoint:
+        if name not in models:
+            parser.error(f"--checkpoint {name}=...: no model called {name!r} (models: {', '.join(models)})")
+        try:
+            metrics = fusion_state_from_checkpoint(str(ckpt))["metrics"]
+        except (OSError, KeyError, ValueError) as e:
+            print(f"lightning-emo fuse: --checkpoint {name}={ckpt}: {e}", file=sys.stderr)
+            return 2
+        if len(metrics) != 1:
+            print(f"lightning-emo fuse: --checkpoint {name}={ckpt}: holds metrics of {len(metrics)} modalities "
+                  f"({', '.join(metrics)}); expected one head's", file=sys.stderr)
+            return 2
+        stored[name] = float(next(iter(metrics.values()))["micro_f1"])
     try:
         report = fuse_report(models, modalities, rules=args.rules, calibrate=args.calibrate,
-                             fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split)
+                             fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split,
+                             crossfit=args.crossfit, stored_f1=stored, select_metric=args.select_metric)
     except (PredictionsError, ValueError) as e:
         print(f"lightning-emo fuse: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,17 @@ Conventions:
 
 * accuracy counts a clip no model saw (no prediction) as an error, over all labelled test clips;
   per-class accuracy is the recall of each class (sklearn ``recall_score(average=None)``);
+* WA (accuracy), UA (unweighted average recall), macro- and weighted-F1 are computed by
+  :mod:`lightning_emo.fusion.metrics` for every model and method, on val and on test;
+* the recommended method (:attr:`Report.best`) is the one with the highest VALIDATION score
+  (``select_metric``, WA by default), and its test scores are reported; picking by test score
+  would select on the test set. In the paper's mode the fusion rules are fitted on the same
+  validation clips they are scored on (in-sample, optimistic for LR); with ``crossfit=K`` every
+  rule's validation predictions come from K-fold cross-fitting over the validation clips
+  (fitted on K-1 parts, predicting the held-out part), so validation scores are out-of-sample,
+  while test predictions still come from the rule fitted on all validation clips;
+* the recommended fusion is compared with the recommended single model on the same test clips
+  (McNemar's exact test and a paired bootstrap of the WA difference);
 * inside a pair the video model is listed first, so it wins exact margin ties as in the paper's
   eq. 3 (``c_v >= c_a``); the LR output is listed first in a cascade;
 * priors ``d`` (in brackets, as in Table 5) are the fitted ensemble bonuses: for two members the
@@ -28,10 +39,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, recall_score
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, recall_score
 
 from lightning_emo.data.predictions import Predictions, PredictionsError, check_compatible, read_predictions
-from lightning_emo.fusion.rules import RULES, FusionRule, make_rule
+from lightning_emo.fusion.metrics import METRICS, TITLES, mcnemar, paired_bootstrap, scores
+from lightning_emo.fusion.rules import RULES, FusionRule, cross_fit_proba, make_rule
 from lightning_emo.utils import atomic_path, atomic_write_text
 
 AUDIO, VIDEO = "audio", "video"
@@ -88,14 +100,27 @@ class Table:
 
 @dataclass
 class SingleResult:
-    """One model on its own: validation and test accuracy, test recall per class, coverage."""
+    """One model on its own: validation and test scores (:data:`METRICS`), test recall per class, coverage."""
 
     name: str
     modality: str
-    val_accuracy: float
-    test_accuracy: float
+    val_scores: dict[str, float]
+    test_scores: dict[str, float]
     recall: np.ndarray
     coverage: float  # share of test clips the model saw
+    predictions: Predictions | None = None
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.val_scores["wa"]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test_scores["wa"]
+
+    @property
+    def label(self) -> str:
+        return self.name
 
 
 @dataclass
@@ -120,10 +145,18 @@ class MethodResult:
     rule: FusionRule
     inputs: list[str]
     predictions: Predictions
-    val_accuracy: float
-    test_accuracy: float
+    val_scores: dict[str, float]
+    test_scores: dict[str, float]
     recall: np.ndarray
     prior: np.ndarray | None = None
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.val_scores["wa"]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test_scores["wa"]
 
     @property
     def label(self) -> str:
@@ -155,19 +188,63 @@ class Report:
     test_rows: np.ndarray
     calibrated: bool = False
     notes: list[str] = field(default_factory=list)
+    select_metric: str = "wa"
+    fit_mode: str = "paper"
+
+    def _pick(self, items: Sequence[SingleResult | MethodResult]):
+        # Highest validation score; ties go to the higher test-independent order (first listed).
+        return max(items, key=lambda r: r.val_scores[self.select_metric], default=None)
 
     @property
     def best(self) -> MethodResult | None:
-        """The fusion result with the highest test accuracy (the first on ties)."""
-        return max(self.results, key=lambda r: r.test_accuracy, default=None)
+        """The fusion result with the highest VALIDATION score (``select_metric``; the first on ties)."""
+        return self._pick(self.results)
+
+    @property
+    def best_single(self) -> SingleResult | None:
+        """The single model with the highest validation score."""
+        return self._pick(self.singles)
+
+    @property
+    def recommended(self) -> SingleResult | MethodResult | None:
+        """The method (single model or fusion) with the highest validation score: what to use."""
+        return self._pick([*self.singles, *self.results])
+
+    def paired_comparison(self, n_boot: int = 1000) -> dict[str, float | str] | None:
+        """The recommended fusion vs the recommended single model on the same test clips.
+
+        Returns ``{"fusion", "single", "fusion_wa", "single_wa", "diff", "ci_low", "ci_high",
+        "bootstrap_p", "mcnemar_p", "fusion_only", "single_only"}`` (None without both).
+        """
+        fusion, single = self.best, self.best_single
+        if fusion is None or single is None or single.predictions is None:
+            return None
+        a = fusion.predictions.predicted[self.test_rows]
+        b = single.predictions.predicted[self.test_rows]
+        boot = paired_bootstrap([(self.y_test, a, b)], "wa", n_boot=n_boot)
+        mc = mcnemar(self.y_test, a, b)
+        return {"fusion": fusion.label, "single": single.label, "fusion_wa": fusion.test_accuracy,
+                "single_wa": single.test_accuracy, "diff": boot["diff"], "ci_low": boot["ci_low"],
+                "ci_high": boot["ci_high"], "bootstrap_p": boot["p_value"], "mcnemar_p": mc["p_value"],
+                "fusion_only": mc["a_only"], "single_only": mc["b_only"]}
 
     # -- tables
     def single_table(self) -> Table:
-        """Table 2 layout: features -> test accuracy (+ modality, validation accuracy, coverage)."""
-        rows = [(s.name, [s.modality, f"{s.test_accuracy:.3f}", f"{s.val_accuracy:.3f}", f"{s.coverage:.3f}"])
-                for s in self.singles]
-        return Table("Single models (Table 2): test accuracy", "features",
-                     ["modality", "accuracy", "val accuracy", "test clips seen"], rows)
+        """Table 2 layout: features -> test WA, UA, macro-F1 (+ modality, validation WA, coverage)."""
+        rows = [(s.name, [s.modality] + [f"{s.test_scores[m]:.3f}" for m in METRICS[:3]]
+                 + [f"{s.val_accuracy:.3f}", f"{s.coverage:.3f}"]) for s in self.singles]
+        return Table("Single models (Table 2): test scores", "features",
+                     ["modality", "WA", "UA", "macro-F1", "val WA", "test clips seen"], rows)
+
+    def methods_table(self) -> Table:
+        """Every single model and fusion method: validation WA, then test WA, UA, macro-F1, weighted-F1."""
+        rows = [(r.label, [f"{r.val_scores[self.select_metric]:.3f}"] + [f"{r.test_scores[m]:.3f}" for m in METRICS])
+                for r in [*self.singles, *self.results]]
+        mode = ("in-sample: rules fitted on these clips (the paper's mode)" if self.fit_mode == "paper"
+                else "out-of-sample: cross-fitted over validation folds")
+        return Table("All methods: validation and test scores", "model / method",
+                     [f"val {TITLES[self.select_metric]}"] + [TITLES[m] for m in METRICS], rows,
+                     [f"validation scores of fusion rules are {mode}"])
 
     def _grid(self, table: str, title: str, columns: Sequence[str], with_prior: bool, notes: list[str]) -> Table | None:
         chosen = [r for r in self.results if r.table == table]
@@ -184,31 +261,55 @@ class Report:
 
     def tables(self) -> dict[str, Table]:
         """The tables by key: ``single``, ``fusion`` (Table 3), ``cascade`` (Table 4),
-        ``cascade_prior`` (Table 5), ``per_class`` (recall of every model and method)."""
+        ``cascade_prior`` (Table 5), ``methods`` (every method's WA, UA, macro/weighted-F1) and
+        ``per_class`` (recall of every model and method)."""
         out = {"single": self.single_table()}
-        fusion = self._grid("fusion", "Fusion (Table 3): test accuracy, prior d in brackets",
+        fusion = self._grid("fusion", "Fusion (Table 3): test WA, prior d in brackets",
                             [RULE_TITLES[r] for r in PAIR_RULES], True,
-                            ["prior: ensemble with micro-F1 prior; weighted: weighted sum (not in the paper)"])
-        cascade = self._grid("cascade", "Cascade (Table 4): LR output joined with audio/video in the ensemble",
+                            ["prior: ensemble with micro-F1 prior; weighted: weighted sum (not in the paper); "
+                             "UA and F1 of every cell: the 'All methods' table"])
+        cascade = self._grid("cascade", "Cascade (Table 4): LR output joined with audio/video in the ensemble, test WA",
                              list(CASCADE_COLUMNS.values()), False, [])
-        cascade_prior = self._grid("cascade_prior", "Cascade with micro-F1 prior (Table 5): test accuracy (d)",
+        cascade_prior = self._grid("cascade_prior", "Cascade with micro-F1 prior (Table 5): test WA (d)",
                                    list(CASCADE_COLUMNS.values()), True, [])
         for key, t in (("fusion", fusion), ("cascade", cascade), ("cascade_prior", cascade_prior)):
             if t is not None:
                 out[key] = t
+        out["methods"] = self.methods_table()
         rows = [(s.name, [f"{x:.3f}" for x in s.recall] + [f"{s.test_accuracy:.3f}"]) for s in self.singles]
         rows += [(r.label, [f"{x:.3f}" for x in r.recall] + [f"{r.test_accuracy:.3f}"]) for r in self.results]
         out["per_class"] = Table("Per-class accuracy (recall) on test", "model / method",
                                  list(self.classes) + ["overall"], rows)
         return out
 
-    def markdown(self) -> str:
-        """All tables, the best method and the notes, as Markdown."""
-        parts = [t.markdown() for t in self.tables().values()]
+    def headline(self) -> list[str]:
+        """The recommended method (chosen on validation) with its test scores, and the paired test."""
+        lines = []
+        rec = self.recommended
+        metric = TITLES[self.select_metric]
+        if rec is not None:
+            lines.append(f"Recommended (highest validation {metric}): **{rec.label}**, validation {metric} "
+                         f"{rec.val_scores[self.select_metric]:.3f}; test WA {rec.test_scores['wa']:.3f}, "
+                         f"UA {rec.test_scores['ua']:.3f}, macro-F1 {rec.test_scores['macro_f1']:.3f}.")
         best = self.best
         if best is not None:
-            parts.append(f"Best: **{best.label}** with test accuracy {best.test_accuracy:.3f} "
-                         f"(inputs {', '.join(best.inputs)}).")
+            lines.append(f"Best: **{best.label}** (fusion with the highest validation {metric}) with test accuracy "
+                         f"{best.test_accuracy:.3f}, UA {best.test_scores['ua']:.3f}, macro-F1 "
+                         f"{best.test_scores['macro_f1']:.3f} (inputs {', '.join(best.inputs)}).")
+        cmp = self.paired_comparison()
+        if cmp is not None:
+            lines.append(f"Paired test on the {len(self.y_test)} test clips: {cmp['fusion']} vs {cmp['single']}: WA "
+                         f"{cmp['fusion_wa']:.3f} vs {cmp['single_wa']:.3f} (difference {cmp['diff']:+.3f}, 95% CI "
+                         f"[{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], paired bootstrap p = "
+                         f"{cmp['bootstrap_p']:.3f}; McNemar exact p = {cmp['mcnemar_p']:.3f}, "
+                         f"{cmp['fusion_only']} clips right only by the fusion, {cmp['single_only']} only by the "
+                         "single model).")
+        return lines
+
+    def markdown(self) -> str:
+        """All tables, the recommended method, the paired test and the notes, as Markdown."""
+        parts = [t.markdown() for t in self.tables().values()]
+        parts += self.headline()
         notes = list(self.notes)
         if self.calibrated:
             notes.append("posteriors were temperature-scaled per model (fitted on val) before every rule")
@@ -216,18 +317,24 @@ class Report:
         return "\n\n".join(parts) + "\n"
 
     def long_csv(self) -> str:
-        """One row per single model and per fusion result, full precision."""
+        """One row per single model and per fusion result, full precision: val and test scores of every metric."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["kind", "group", "method", "rule", "inputs", "val_accuracy", "test_accuracy", "prior",
-                    "calibrated"] + [f"recall_{c}" for c in self.classes])
+        metric_cols = [f"val_{m}" for m in METRICS if m != "wa"] + [f"test_{m}" for m in METRICS if m != "wa"]
+        w.writerow(["kind", "group", "method", "rule", "inputs", "val_accuracy", "test_accuracy", *metric_cols,
+                    "prior", "calibrated"] + [f"recall_{c}" for c in self.classes])
+
+        def metric_cells(r) -> list[str]:
+            return ([f"{r.val_scores[m]:.6f}" for m in METRICS if m != "wa"]
+                    + [f"{r.test_scores[m]:.6f}" for m in METRICS if m != "wa"])
+
         for s in self.singles:
             w.writerow(["single", s.name, s.modality, "", s.name, f"{s.val_accuracy:.6f}", f"{s.test_accuracy:.6f}",
-                        "", "", *(f"{x:.6f}" for x in s.recall)])
+                        *metric_cells(s), "", "", *(f"{x:.6f}" for x in s.recall)])
         for r in self.results:
             prior = "" if r.prior is None else "/".join(f"{b:.6f}" for b in r.prior)
             w.writerow([r.table, r.row, r.column, r.rule_name, "+".join(r.inputs), f"{r.val_accuracy:.6f}",
-                        f"{r.test_accuracy:.6f}", prior, str(self.calibrated).lower(),
+                        f"{r.test_accuracy:.6f}", *metric_cells(r), prior, str(self.calibrated).lower(),
                         *(f"{x:.6f}" for x in r.recall)])
         return buf.getvalue()
 
@@ -252,7 +359,7 @@ class Report:
         ConfusionMatrixDisplay(cm, display_labels=self.classes).plot(ax=ax, values_format=".2f",
                                                                     xticks_rotation=45, colorbar=False)
         none = int((pred < 0).sum())
-        ax.set_title(f"{result.label}: accuracy {result.test_accuracy:.3f}"
+        ax.set_title(f"{result.label}: WA {result.test_accuracy:.3f}, UA {result.test_scores['ua']:.3f}"
                      + (f"\n({none} test clips without prediction)" if none else ""), fontsize=9)
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -263,14 +370,16 @@ class Report:
         """Write everything under ``out_dir`` (atomic per file) and return the paths written.
 
         ``results.md``; ``table2_single.csv``, ``table3_fusion.csv``, ``table4_cascade.csv``,
-        ``table5_cascade_prior.csv``, ``per_class_recall.csv`` (paper layout); ``results.csv``
+        ``table5_cascade_prior.csv``, ``methods.csv`` (WA, UA, F1 of every method),
+        ``per_class_recall.csv`` (paper layout); ``results.csv``
         (long form); ``<group>/<rule>/predictions.csv`` and ``rule.json`` per result;
         ``confusion_best.png``.
         """
         out = Path(out_dir)
         written: list[Path] = []
         files = {"single": "table2_single.csv", "fusion": "table3_fusion.csv", "cascade": "table4_cascade.csv",
-                 "cascade_prior": "table5_cascade_prior.csv", "per_class": "per_class_recall.csv"}
+                 "cascade_prior": "table5_cascade_prior.csv", "methods": "methods.csv",
+                 "per_class": "per_class_recall.csv"}
         for key, table in self.tables().items():
             atomic_write_text(out / files[key], table.csv())
             written.append(out / files[key])
@@ -297,10 +406,9 @@ def _load(name: str, source: Predictions | str | os.PathLike) -> Predictions:
     return source if isinstance(source, Predictions) else read_predictions(source)
 
 
-def _scores(pred: np.ndarray, y: np.ndarray, C: int) -> tuple[float, np.ndarray]:
-    acc = float(accuracy_score(y, pred))  # a -1 (no prediction) never equals a label: counted as an error
-    recall = recall_score(y, pred, labels=np.arange(C), average=None, zero_division=0)
-    return acc, np.asarray(recall, dtype=np.float64)
+def _recall(pred: np.ndarray, y: np.ndarray, C: int) -> np.ndarray:
+    # a -1 (no prediction) never equals a label: counted as an error
+    return np.asarray(recall_score(y, pred, labels=np.arange(C), average=None, zero_division=0), dtype=np.float64)
 
 
 def fuse_report(
@@ -311,6 +419,10 @@ def fuse_report(
     fuse_all: bool = False,
     val_split: str = "val",
     test_split: str = "test",
+    crossfit: int = 0,
+    stored_f1: Mapping[str, float] | None = None,
+    select_metric: str = "wa",
+    seed: int = 0,
 ) -> Report:
     """Fit every rule on validation and score it on test, for every audio x video pair and group.
 
@@ -327,6 +439,17 @@ def fuse_report(
         calibrate: temperature-scale each model on validation before every rule.
         fuse_all: also fuse all the models together as one group.
         val_split, test_split: the split names to fit on and to score on.
+        crossfit: 0 (the paper's mode): rules are fitted on the validation clips and scored on
+            them in-sample. ``K >= 2``: validation predictions of every rule come from K-fold
+            cross-fitting over the validation clips (stratified, seeded by ``seed``), and the
+            cascades' micro-F1 prior is computed on cross-fitted LR outputs; test predictions
+            still come from each rule fitted on all validation clips.
+        stored_f1: model name -> the validation micro-F1 that ``FusionPriorCallback`` stored in
+            its checkpoint. The ``prior`` rule of a group whose members all have one uses these
+            instead of recomputing them from the predictions (cascades still compute the LR
+            output's F1 on validation: no checkpoint holds it).
+        select_metric: the validation metric that picks :attr:`Report.best` (``wa``, ``ua``,
+            ``macro_f1``, ``weighted_f1``).
 
     Returns:
         :class:`Report`.
@@ -337,6 +460,11 @@ def fuse_report(
         ValueError: too few models to fuse, or a bad model name.
     """
     modalities = dict(modalities or {})
+    stored_f1 = dict(stored_f1 or {})
+    if select_metric not in METRICS:
+        raise ValueError(f"select_metric must be one of {', '.join(METRICS)}, got {select_metric!r}")
+    if crossfit == 1 or crossfit < 0:
+        raise ValueError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {crossfit}")
     preds = {name: _load(name, src) for name, src in models.items()}
     if not preds:
         raise ValueError("no models given")
@@ -348,6 +476,8 @@ def fuse_report(
             if split not in p.splits:
                 raise PredictionsError(p.source, f"no {split!r} rows (model {name!r}); fusion fits on "
                                        f"{val_split!r} and scores on {test_split!r}", column="split")
+    first = next(iter(preds.values()))  # the same classes in another column order: matched by name
+    preds = {name: p.reordered(first.classes, first.source) for name, p in preds.items()}
     plist = list(preds.values())
     check_compatible(plist, split=(val_split, test_split))
 
@@ -373,10 +503,9 @@ def fuse_report(
     singles = []
     for name, p in aligned.items():
         pred = p.predicted
-        val_acc, _ = _scores(pred[is_val], y[is_val], C)
-        test_acc, recall = _scores(pred[is_test], y[is_test], C)
-        singles.append(SingleResult(name, modalities.get(name, "model"), val_acc, test_acc, recall,
-                                    float(np.mean(~p.missing[is_test]))))
+        singles.append(SingleResult(name, modalities.get(name, "model"), scores(y[is_val], pred[is_val]),
+                                    scores(y[is_test], pred[is_test]), _recall(pred[is_test], y[is_test], C),
+                                    float(np.mean(~p.missing[is_test])), p))
 
     names = list(preds)
     audio = [n for n in names if modalities.get(n) == AUDIO]
@@ -406,14 +535,24 @@ def fuse_report(
                 if note not in notes:
                     notes.append(note)
                 continue
-            rule = make_rule(rule_name, modalities=[modalities[m] for m in members] if is_pair else None,
-                             calibrate=calibrate)
+            kwargs: dict = {"calibrate": calibrate}
+            if rule_name == "prior" and all(m in stored_f1 for m in members):
+                kwargs["micro_f1"] = [stored_f1[m] for m in members]
+            if cascade and "_prior_" in rule_name and crossfit:
+                kwargs["crossfit"] = crossfit
+            mods = [modalities[m] for m in members] if is_pair else None
+
+            def build(kw=kwargs, name=rule_name, mods=mods) -> FusionRule:
+                return make_rule(name, modalities=mods, **kw)
+
+            rule = build()
             rule.fit(P[:, is_val], y[is_val])
             probs = rule.predict_proba(P)
+            if crossfit:
+                probs[is_val] = cross_fit_proba(build, P[:, is_val], y[is_val], crossfit, seed)
             fused = base.with_probs(probs, source=f"{group}/{rule_name}")
             pred = fused.predicted
-            val_acc, _ = _scores(pred[is_val], y[is_val], C)
-            test_acc, recall = _scores(pred[is_test], y[is_test], C)
+            recall = _recall(pred[is_test], y[is_test], C)
             if cascade:
                 joined = rule_name.rsplit("_", 1)[1]
                 table = "cascade_prior" if "_prior_" in rule_name else "cascade"
@@ -422,7 +561,15 @@ def fuse_report(
             else:
                 table, row, column = "fusion", group, RULE_TITLES.get(rule_name, rule_name)
             prior = getattr(rule, "bonus_", None) if rule_name == "prior" or "_prior_" in rule_name else None
-            results.append(MethodResult(group, table, row, column, rule_name, rule, list(members), fused, val_acc,
-                                        test_acc, recall, None if prior is None else np.asarray(prior)))
+            results.append(MethodResult(group, table, row, column, rule_name, rule, list(members), fused,
+                                        scores(y[is_val], pred[is_val]), scores(y[is_test], pred[is_test]), recall,
+                                        None if prior is None else np.asarray(prior)))
+    used = [g for g, members, _ in groups if "prior" in rule_names and all(m in stored_f1 for m in members)]
+    if used:
+        notes.append(f"prior rule of {', '.join(used)}: micro-F1 from the FusionPriorCallback state in the "
+                     "checkpoints (not recomputed from the predictions)")
+    if crossfit:
+        notes.append(f"validation scores of the fusion rules are {crossfit}-fold cross-fitted over the validation "
+                     "clips (out-of-sample); test scores come from the rules fitted on all validation clips")
     return Report(classes, singles, results, y[is_test], np.flatnonzero(is_test), calibrated=calibrate,
-                  notes=notes)
+                  notes=notes, select_metric=select_metric, fit_mode="crossfit" if crossfit else "paper")

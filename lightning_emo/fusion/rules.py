@@ -341,19 +341,29 @@ class ConfidenceEnsemble(FusionRule):
 class PriorEnsemble(ConfidenceEnsemble):
     """Ensemble with micro-F1 prior (paper eq. 5): bonus ``F1_m - min_k F1_k`` fitted on validation.
 
+    Args:
+        micro_f1: the models' validation micro-F1 measured elsewhere (``FusionPriorCallback``
+            stores it in each checkpoint); ``fit`` then uses these instead of computing them.
+
     Attributes:
         f1_: ``(M,)`` validation micro-F1 per model; ``bonus_``: ``(M,)`` the priors.
     """
 
     name = "prior"
-    _params = ()
+    _params = ("micro_f1",)
 
-    def __init__(self, calibrate: bool = False):
+    def __init__(self, micro_f1: Sequence[float] | None = None, calibrate: bool = False):
         super().__init__(None, calibrate)
+        self.micro_f1 = None if micro_f1 is None else [float(f) for f in micro_f1]
         self.f1_: np.ndarray | None = None
 
     def _fit(self, P: np.ndarray, y: np.ndarray) -> None:
-        self.f1_ = micro_f1_scores(P, y)
+        if self.micro_f1 is not None:
+            if len(self.micro_f1) != len(P) or not np.isfinite(self.micro_f1).all():
+                raise ValueError(f"micro_f1 must be {len(P)} finite numbers (one per model), got {self.micro_f1}")
+            self.f1_ = np.asarray(self.micro_f1, dtype=np.float64)
+        else:
+            self.f1_ = micro_f1_scores(P, y)
         self.bonus_ = self.f1_ - self.f1_.min()
 
     def _state(self) -> dict[str, Any]:
@@ -442,7 +452,9 @@ class CascadeFusion(FusionRule):
     ``q = LR(p_{lr_inputs})``; then ``confidence_ensemble([q] + [p_j for j in join])``, with the
     micro-F1 prior when ``prior=True`` (Table 5) or without (Table 4). The LR output is listed
     first, so it wins exact ties. As in the paper, LR and the prior are both fitted on the same
-    validation set (the LR's validation micro-F1 is therefore in-sample).
+    validation set (the LR's validation micro-F1 is therefore in-sample and favours the LR
+    output); with ``crossfit=K`` the prior is computed on K-fold cross-fitted LR outputs
+    instead (out-of-sample), while the LR applied to new data is fitted on all clips.
 
     Args:
         join: indices of the input models that join the LR output (e.g. ``[0]`` = audio when
@@ -450,14 +462,16 @@ class CascadeFusion(FusionRule):
         prior: use the micro-F1 prior.
         lr_inputs: indices of the models LR fuses (default: all).
         C, max_iter: passed to :class:`LogisticRegressionFusion`.
+        crossfit: 0 (the paper) or the number of folds of the cross-fitted prior.
     """
 
     name = "cascade"
-    _params = ("join", "prior", "lr_inputs", "C", "max_iter")
+    _params = ("join", "prior", "lr_inputs", "C", "max_iter", "crossfit")
 
     def __init__(self, join: Sequence[int] = (0,), prior: bool = False, lr_inputs: Sequence[int] | None = None,
-                 C: float = 1.0, max_iter: int = 1000, calibrate: bool = False):
+                 C: float = 1.0, max_iter: int = 1000, crossfit: int = 0, calibrate: bool = False):
         super().__init__(calibrate)
+        self.crossfit = int(crossfit)
         self.join = [int(j) for j in join]
         if not self.join:
             raise ValueError("join must name at least one input model to join the LR output")
@@ -475,10 +489,15 @@ class CascadeFusion(FusionRule):
         for j in self.join + (self.lr_inputs or []):
             if not 0 <= j < len(P):
                 raise ValueError(f"cascade refers to input model {j}, but {len(P)} models were given")
+        lr_in = P if self.lr_inputs is None else P[self.lr_inputs]
         self.lr_ = LogisticRegressionFusion(self.C, self.max_iter)
-        self.lr_.fit(P if self.lr_inputs is None else P[self.lr_inputs], y)
+        self.lr_.fit(lr_in, y)
         self.ensemble_ = PriorEnsemble() if self.prior else ConfidenceEnsemble()
-        self.ensemble_.fit(self._members(P), y)
+        members = self._members(P)
+        if self.prior and self.crossfit >= 2:
+            members[0] = cross_fit_proba(lambda: LogisticRegressionFusion(self.C, self.max_iter), lr_in, y,
+                                         self.crossfit)
+        self.ensemble_.fit(members, y)
 
     def decide(self, posteriors: Posteriors) -> EnsembleOutput:
         """The ensemble's :class:`EnsembleOutput`; ``decider`` 0 = the LR output, ``1 + k`` = ``join[k]``."""
@@ -546,6 +565,33 @@ class WeightedSumFusion(FusionRule):
 
     def _load(self, fitted: dict[str, Any]) -> None:
         self.weights_ = np.asarray(fitted["weights"], dtype=np.float64)
+
+
+def cross_fit_proba(build: Callable[[], FusionRule], posteriors: Posteriors, y: np.ndarray, folds: int,
+                    seed: int = 0) -> np.ndarray:
+    """Out-of-fold fused posteriors: each part of the clips is predicted by a rule fitted on the others.
+
+    The clips are cut into ``folds`` parts, stratified by label (scikit-learn's
+    ``StratifiedKFold``, shuffled with ``seed``) when every class has that many clips, else
+    plain shuffled ``KFold``. Shapes: M arrays ``(N, C)``, ``y`` ``(N,)`` -> ``(N, C)``.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    P = stack_posteriors(posteriors)
+    y = _check_labels(y, P.shape[1], P.shape[2])
+    n = len(y)
+    k = min(int(folds), n)
+    if k < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds and 2 clips, got {folds} folds over {n} clips")
+    counts = np.bincount(y)
+    splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if counts[counts > 0].min() >= k
+                else KFold(k, shuffle=True, random_state=seed))
+    out = np.full((n, P.shape[2]), np.nan)
+    for train, held in splitter.split(np.zeros(n), y):
+        rule = build()
+        rule.fit(P[:, train], y[train])
+        out[held] = rule.predict_proba(P[:, held])
+    return out
 
 
 # --------------------------------------------------------------------------- registry

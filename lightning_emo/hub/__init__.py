@@ -11,10 +11,11 @@ from typing import Any
 
 from lightning_emo.hub.config import RecognizerError
 from lightning_emo.hub.recognizer import Prediction, Recognizer, StrictLoadError
-from lightning_emo.hub.zoo import ZooEntry, add_entry, get_entry, list_entries
+from lightning_emo.hub.publish import add_entry, export_to_zoo
+from lightning_emo.hub.zoo import ZooEntry, get_entry, list_entries
 
 __all__ = ["HubPushCallback", "Prediction", "Recognizer", "RecognizerError", "StrictLoadError", "ZooEntry",
-           "add_entry", "get_entry", "list_entries", "load"]
+           "add_entry", "export_to_zoo", "get_entry", "list_entries", "load"]
 
 
 def load(name: str, **kwargs: Any) -> Recognizer:

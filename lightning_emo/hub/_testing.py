@@ -79,7 +79,7 @@ def write_feature_store(path: str | os.PathLike, spec, clips: Mapping[str, tuple
         clips: ``clip_id -> (features (T, D), mask (T,) or None)``.
         detector, fps: the face detector and frame rate (face extractors).
     """
-    from lightning_emo.data.features import FeatureStore, cache_key
+    from lightning_emo.data.store import FeatureStore, cache_key
 
     extra = {"detector_options": {}} if spec.modality == "face" else None
     key = cache_key(spec, dtype=dtype, detector=detector if spec.modality == "face" else None,

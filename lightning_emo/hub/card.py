@@ -81,13 +81,16 @@ def render_card(config: Mapping[str, Any], repo_id: str | None = None) -> str:
     rows = [r for r in (*mods, "fused") if any(r in (metrics.get(s) or {}) for s in ("val", "test"))]
     lines += ["## Metrics", ""]
     if rows:
-        lines += ["| model | val accuracy | test accuracy | test macro-F1 |", "| --- | --- | --- | --- |"]
+        lines += ["| model | val accuracy (WA) | test accuracy (WA) | test UA | test macro-F1 |",
+                  "| --- | --- | --- | --- | --- |"]
         for r in rows:
             val, test = (metrics.get("val") or {}).get(r, {}), (metrics.get("test") or {}).get(r, {})
             label = TITLES.get(r, r) + (f" ({mods[r]['extractor']['name']})" if r in mods else
                                         f" ({fusion['rule']})" if fusion else "")
             lines.append(f"| {label} | {_fmt(val.get('accuracy'))} | {_fmt(test.get('accuracy'))} | "
-                         f"{_fmt(test.get('macro_f1'))} |")
+                         f"{_fmt(test.get('ua'))} | {_fmt(test.get('macro_f1'))} |")
+        lines += ["", "WA: accuracy; UA: unweighted average recall (mean of the per-class recalls); macro-F1: the "
+                  "unweighted mean of the per-class F1 scores."]
         recall = ((metrics.get("test") or {}).get("fused") or {}).get("recall")
         if recall:
             lines += ["", "Per-class test recall (fused): "

@@ -103,7 +103,8 @@ def export_main(argv: list[str] | None = None) -> int:
     setup_logging()
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.recognizer import Recognizer
-    from lightning_emo.hub.zoo import add_entry, zoo_dir
+    from lightning_emo.hub.publish import add_entry
+    from lightning_emo.hub.zoo import zoo_dir
 
     ckpts: dict[str, Any] | list[str]
     named = [c for c in args.ckpt if "=" in c and c.split("=", 1)[0].lower() in ("audio", "video", "face")]
@@ -223,7 +224,8 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="exported folder, hf-hub:ORG/NAME[@REV] or zoo name")
     p.add_argument("--revision", default=None, help="Hub revision (commit, tag or branch)")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
-    p.add_argument("--local-files-only", action="store_true", help="never download (also: HF_HUB_OFFLINE=1)")
+    p.add_argument("--local-files-only", "--offline", action="store_true",
+                   help="never download, neither the model nor its extractors' weights (also: HF_HUB_OFFLINE=1)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
@@ -241,7 +243,19 @@ def infer_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.timeline and not (args.window > 0 and 0 < args.hop):
         p.error("--window and --hop must be positive")
+    args.detector_options = {k: _yaml_value(v) for k, v in _pairs(args.detector_option, "--detector-option", p).items()}
     setup_logging()
+    from lightning_emo.extractors.weights import set_offline
+
+    previous = set_offline(True) if args.local_files_only else None  # extractor weights too, not only the model
+    try:
+        return _infer(args)
+    finally:
+        if previous is not None:
+            set_offline(previous)
+
+
+def _infer(args) -> int:
     from lightning_emo.data.media import MediaError
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.recognizer import Recognizer
@@ -255,10 +269,9 @@ def infer_main(argv: list[str] | None = None) -> int:
                                            local_files_only=args.local_files_only, map_location=args.device)
     except RecognizerError as e:
         return _fail("infer", e)
-    if args.detector_option:
+    if args.detector_options:
         try:
-            model.set_detector_options(**{k: _yaml_value(v) for k, v in
-                                          _pairs(args.detector_option, "--detector-option", p).items()})
+            model.set_detector_options(**args.detector_options)
             if "video" in model.modalities:
                 model._runtime("video")  # builds the detector now: a bad option fails before any file is read
         except (RecognizerError, ValueError, TypeError) as e:
@@ -332,7 +345,8 @@ def zoo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--description", default=None, help="with --add: one line for the table")
     args = p.parse_args(argv)
     from lightning_emo.hub.config import RecognizerError
-    from lightning_emo.hub.zoo import README, add_entry, list_entries, render_readme, write_readme, zoo_dir
+    from lightning_emo.hub.publish import add_entry
+    from lightning_emo.hub.zoo import README, list_entries, render_readme, write_readme, zoo_dir
 
     try:
         if args.add:

@@ -152,8 +152,15 @@ def _fuse_results(rule_json: Path, inputs_names: Sequence[str], rule_name: str) 
 
 def _row_metrics(row: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     recall = {k[len("recall_"):]: float(v) for k, v in row.items() if k.startswith("recall_") and v not in ("", None)}
-    return {"val": {"accuracy": float(row["val_accuracy"])},
-            "test": {"accuracy": float(row["test_accuracy"]), **({"recall": recall} if recall else {})}}
+    out: dict[str, dict[str, Any]] = {"val": {"accuracy": float(row["val_accuracy"])},
+                                      "test": {"accuracy": float(row["test_accuracy"])}}
+    for split in ("val", "test"):  # UA and F1 beside accuracy (results.csv written before them has none)
+        for metric in ("ua", "macro_f1", "weighted_f1"):
+            if row.get(f"{split}_{metric}") not in ("", None):
+                out[split][metric] = float(row[f"{split}_{metric}"])
+    if recall:
+        out["test"]["recall"] = recall
+    return out
 
 
 def split_protocol_from_manifest(path: str | os.PathLike) -> tuple[dict[str, Any], str, list[str]]:
@@ -328,7 +335,8 @@ def _inputs_from_store(m, mc, store_path, spec, head, tensors, detector, detecto
     from lightning_emo.extractors.extract import DEFAULT_FPS
 
     if store_path is not None:
-        from lightning_emo.data.features import FeatureStore, FeatureStoreError
+        from lightning_emo.data.store import FeatureStore, FeatureStoreError
+        from lightning_emo.extractors.selection import FeatureSelector
 
         try:
             store = FeatureStore.open(store_path)
@@ -353,7 +361,7 @@ def _inputs_from_store(m, mc, store_path, spec, head, tensors, detector, detecto
         else:
             mc["input"] = {"sample_rate": int(key.get("sample_rate") or spec["sample_rate"])}
         if store.selection:
-            sel = store.load_selector()
+            sel = FeatureSelector.from_store(store)
             mc["selector"] = {"method": store.selection.get("method", "random_forest"), "k": int(sel.k),
                               "dim": int(sel.dim), "unit": sel.unit, "params": dict(sel.params)}
             tensors[f"selectors.{m}.indices"] = torch.as_tensor(np.asarray(sel.indices, dtype=np.int64))

@@ -1,4 +1,4 @@
-"""Upload an exported recognizer folder to the Hugging Face Hub (``create_repo`` + ``upload_folder``), token-safe."""
+"""Upload an exported recognizer folder to the Hugging Face Hub (``create_repo`` + ``upload_folder``), token-safe, with timeouts."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_emo.extractors.weights import HUB_TIMEOUT_ENV, hub_timeout, hub_timeout_s
 from lightning_emo.hub.config import HUB_FILES, RecognizerError
 
 __all__ = ["PushError", "PushResult", "push_folder"]
@@ -39,6 +40,20 @@ def _scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
+def _network_failure(e: BaseException, endpoint: str, timeout: float) -> str | None:
+    """A refused connection or a silent server, in words; None for other errors."""
+    import httpx2
+
+    if isinstance(e, httpx2.TimeoutException):
+        return f"no answer from {endpoint} within {timeout:g} s (set {HUB_TIMEOUT_ENV} to wait longer)"
+    if isinstance(e, httpx2.ConnectError):
+        how = "refused" if "refused" in str(e).lower() else "failed"
+        return f"connection to {endpoint} {how} (check HF_ENDPOINT and the network)"
+    if isinstance(e, httpx2.HTTPError):
+        return f"{type(e).__name__} talking to {endpoint}"
+    return None
+
+
 def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, branch: str | None = None,
                 commit_message: str | None = None) -> PushResult:
     """Create ``repo_id`` (if needed) and upload the folder's ``config.json``, ``model.safetensors`` and ``README.md``.
@@ -56,8 +71,11 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
 
     Raises:
         RecognizerError: the folder is not a loadable recognizer.
-        PushError: offline, no token, or the Hub refused (the message says what to do).
+        PushError: offline, no token, the Hub refused, could not be reached or did not answer
+            within ``$LIGHTNING_EMO_HUB_TIMEOUT`` seconds (default 60) per request (the message says
+            what to do).
     """
+    import httpx2
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -78,11 +96,16 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     api = HfApi(token=token)
     message = commit_message or f"Upload lightning-emo recognizer {model.config.get('name') or folder.name}"
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if branch and branch != "main":
-            api.create_branch(repo_id, branch=branch, exist_ok=True, repo_type="model")
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=branch,
-                                 commit_message=message, allow_patterns=list(HUB_FILES))
+        timeout = hub_timeout_s()
+    except ValueError as e:
+        raise PushError(str(e)) from None
+    try:
+        with hub_timeout(timeout):
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            if branch and branch != "main":
+                api.create_branch(repo_id, branch=branch, exist_ok=True, repo_type="model")
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=branch,
+                                     commit_message=message, allow_patterns=list(HUB_FILES))
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = {401: " (the token is invalid or expired: `hf auth login`)",
@@ -91,6 +114,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
                                token)) from None
     except OSError as e:
         raise PushError(_scrub(f"push to {repo_id} failed: {type(e).__name__}: {e}", token)) from None
+    except httpx2.HTTPError as e:
+        raise PushError(_scrub(f"push to {repo_id} failed: {_network_failure(e, api.endpoint, timeout)}",
+                               token)) from None
     commit = getattr(info, "oid", None)
     return PushResult(repo_id=repo_id, url=str(getattr(url, "url", url)), commit=commit, revision=branch or "main",
                       private=private, files=list(HUB_FILES))

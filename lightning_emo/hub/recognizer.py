@@ -40,6 +40,7 @@ import torch
 from huggingface_hub import ModelCard, ModelHubMixin
 from torch import nn
 
+from lightning_emo.hub import zoo as zoo_mod
 from lightning_emo.hub.config import (
     CARD_NAME,
     CONFIG_NAME,
@@ -698,16 +699,12 @@ def resolve_reference(name: str | os.PathLike, revision: str | None = None,
     if text.startswith("hf-hub:") or ("/" in text and not text.startswith((".", "/", "~"))
                                       and not os.path.exists(text)):
         if not text.startswith("hf-hub:"):
-            from lightning_emo.hub import zoo as zoo_mod
-
             if text in zoo_mod.entry_names(zoo):
                 return _from_zoo(text, revision, zoo)
         repo_id, rev = parse_hub_reference(text)
         if rev and revision and rev != revision:
             raise RecognizerError(f"{text!r} pins revision {rev!r} but revision={revision!r} was also given")
         return "hub", repo_id, rev or revision
-    from lightning_emo.hub import zoo as zoo_mod
-
     if text in zoo_mod.entry_names(zoo):
         return _from_zoo(text, revision, zoo)
     known = ", ".join(zoo_mod.entry_names(zoo)) or "none"
@@ -716,8 +713,6 @@ def resolve_reference(name: str | os.PathLike, revision: str | None = None,
 
 
 def _from_zoo(name: str, revision: str | None, zoo: str | os.PathLike | None) -> tuple[str, str | Path, str | None]:
-    from lightning_emo.hub import zoo as zoo_mod
-
     entry = zoo_mod.get_entry(name, zoo)
     if revision is not None:
         raise RecognizerError(f"zoo model {name!r} pins its own revision; load 'hf-hub:...@{revision}' instead")
@@ -738,15 +733,23 @@ def _download(repo_id: str, revision: str | None, cache_dir, force_download: boo
         RevisionNotFoundError,
     )
 
+    import httpx2
+
     from lightning_emo.extractors.face import snapshot_revision
+    from lightning_emo.extractors.weights import hub_failure, hub_timeout
 
     where = f"{repo_id}@{revision or 'main'}"
     kwargs = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only, token=token)
     try:
-        config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kwargs))
-        commit = snapshot_revision(config_file)
-        weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **kwargs))
-    except LocalEntryNotFoundError:
+        with hub_timeout():  # a silent Hub ends in an error, not a wait of minutes
+            config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kwargs))
+            commit = snapshot_revision(config_file)
+            weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **kwargs))
+    except LocalEntryNotFoundError as e:
+        failure = None if local_files_only else hub_failure(e)
+        if failure is not None:  # the Hub could not be reached: say so, not "offline"
+            raise RecognizerError(f"{where}: cannot download {CONFIG_NAME}/{WEIGHTS_NAME}: {failure}; they are not in "
+                                  f"the Hugging Face cache either. Run again when the Hub answers.") from None
         raise RecognizerError(
             f"{where}: {CONFIG_NAME}/{WEIGHTS_NAME} are not in the Hugging Face cache"
             f"{' (' + str(cache_dir) + ')' if cache_dir else ''} and cannot be downloaded (offline, or "
@@ -760,8 +763,8 @@ def _download(repo_id: str, revision: str | None, cache_dir, force_download: boo
     except EntryNotFoundError as e:
         raise RecognizerError(f"{where}: not an exported lightning-emo recognizer ({e.__class__.__name__}: a file "
                               f"of {CONFIG_NAME}, {WEIGHTS_NAME} is missing)") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise RecognizerError(f"{where}: download failed ({type(e).__name__})") from None
+    except (HfHubHTTPError, OSError, httpx2.HTTPError) as e:
+        raise RecognizerError(f"{where}: download failed ({hub_failure(e) or type(e).__name__})") from None
     log.debug("loaded %s from %s", repo_id, config_file.parent)
     return config_file, weights_file, commit
 

@@ -11,14 +11,15 @@ commit or as an exported folder inside the repository::
     extractors: {audio: mfcc, video: hog}
     head: {audio: lstm, video: lstm}
     fusion: prior
-    metrics: {test_accuracy: {audio: 0.41, video: 0.83, fused: 0.86}}
+    metrics: {test_accuracy: {audio: 0.41, video: 0.83, fused: 0.86}, test_ua: {...}, test_macro_f1: {...}}
     source: {path: models/synthetic-demo}          # relative to zoo/
     # or: source: {repo_id: org/name, revision: <40-hex commit>}
     license: apache-2.0
 
-:func:`add_entry` writes an entry from an exported folder (so the entry and the model agree)
-and regenerates the README; ``tests/test_zoo.py`` fails when ``zoo/README.md`` differs from
-:func:`render_readme`. The zoo directory is ``$LIGHTNING_EMO_ZOO`` or the repository's ``zoo/``
+:func:`write_entry` writes an entry from an exported folder's config (so the entry and the model
+agree) and regenerates the README; :mod:`lightning_emo.hub.publish` loads the model first. The zoo
+resolves names to folders and Hub repositories and knows nothing of the recognizer.
+``tests/test_zoo.py`` fails when ``zoo/README.md`` differs from :func:`render_readme`. The zoo directory is ``$LIGHTNING_EMO_ZOO`` or the repository's ``zoo/``
 (wheels carry it as ``lightning_emo/_zoo``: ``pyproject.toml`` maps it).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,8 +38,8 @@ import yaml
 from lightning_emo.hub.config import CONFIG_NAME, WEIGHTS_NAME, RecognizerError, is_commit
 from lightning_emo.utils import atomic_write_text
 
-__all__ = ["ZooEntry", "add_entry", "entry_names", "export_to_zoo", "get_entry", "list_entries", "render_readme",
-           "write_readme", "zoo_dir"]
+__all__ = ["ZooEntry", "entry_names", "get_entry", "list_entries", "render_readme", "write_entry", "write_readme",
+           "zoo_dir"]
 
 ZOO_ENV = "LIGHTNING_EMO_ZOO"
 README = "README.md"
@@ -153,8 +155,8 @@ def get_entry(name: str, zoo: str | os.PathLike | None = None) -> ZooEntry:
     raise RecognizerError(f"no zoo model {name!r}; known: {', '.join(entry_names(zoo)) or 'none'}")
 
 
-def _metric_cell(entry: ZooEntry) -> str:
-    test = (entry.metrics or {}).get("test_accuracy") or {}
+def _metric_cell(entry: ZooEntry, key: str = "test_accuracy") -> str:
+    test = (entry.metrics or {}).get(key) or {}
     if not test:
         return "–"
     return ", ".join(f"{k} {float(v):.3f}" for k, v in test.items())
@@ -168,18 +170,19 @@ def render_readme(entries: list[ZooEntry]) -> str:
              "Trained recognizers that load by name: `lightning-emo infer clip.mp4 --model NAME` or",
              "`Recognizer.from_pretrained(\"NAME\")`. `lightning-emo zoo` lists them. Hub entries are pinned to a",
              "commit; local entries are exported folders inside this repository.", "",
-             "| name | corpus | classes | extractors (audio / video) | head | fusion | test accuracy | source "
-             "| license |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| name | corpus | classes | extractors (audio / video) | head | fusion | test accuracy (WA) | test UA "
+             "| test macro-F1 | source | license |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in entries:
         ex = " / ".join(e.extractors.get(m, "–") for m in ("audio", "video"))
         heads = " / ".join(sorted(set(e.head.values()))) if e.head else "–"
         source = f"[`{e.repo_id}`](https://huggingface.co/{e.repo_id}/tree/{e.revision}) @ `{e.revision[:8]}`" \
             if e.repo_id else f"`zoo/{e.path}`"
         lines.append(f"| `{e.name}` | {e.corpus} | {len(e.classes)} | {ex} | {heads} | {e.fusion or '–'} | "
-                     f"{_metric_cell(e)} | {source} | {e.license} |")
+                     f"{_metric_cell(e)} | {_metric_cell(e, 'test_ua')} | {_metric_cell(e, 'test_macro_f1')} | "
+                     f"{source} | {e.license} |")
     if not entries:
-        lines.append("| *(no models yet)* | | | | | | | | |")
+        lines.append("| *(no models yet)* | | | | | | | | | | |")
     lines += ["", "Split protocols:", ""]
     lines += [f"- `{e.name}`: {e.split_protocol}" for e in entries] or ["- none yet"]
     lines += ["", "Add a model with `lightning-emo export ... --zoo-entry NAME` (a local folder) or",
@@ -200,8 +203,13 @@ def entry_from_config(name: str, config: Mapping[str, Any], *, path: str | None 
     """A zoo entry describing an exported recognizer's ``config.json``."""
     mods = config["modalities"]
     metrics = config.get("metrics") or {}
-    test = {k: round(float(v["accuracy"]), 4) for k, v in (metrics.get("test") or {}).items()
-            if isinstance(v, Mapping) and "accuracy" in v}
+    tests = {k: v for k, v in (metrics.get("test") or {}).items() if isinstance(v, Mapping)}
+    test = {k: round(float(v["accuracy"]), 4) for k, v in tests.items() if "accuracy" in v}
+    # UA is the mean per-class recall over the classes with test clips; exports made before UA was
+    # recorded still carry that recall, so UA is derived from it (macro-F1 needs precision: not derivable)
+    ua = {k: round(float(v["ua"]) if "ua" in v else statistics.fmean(float(r) for r in v["recall"].values()), 4)
+          for k, v in tests.items() if "ua" in v or v.get("recall")}
+    macro_f1 = {k: round(float(v["macro_f1"]), 4) for k, v in tests.items() if "macro_f1" in v}
     extractors = {}
     for m, mc in mods.items():
         label = mc["extractor"]["name"]
@@ -213,15 +221,20 @@ def entry_from_config(name: str, config: Mapping[str, Any], *, path: str | None 
             "corpus": (config.get("corpus") or {}).get("name") or "unknown", "classes": list(config["classes"]),
             "split_protocol": config.get("split_protocol") or "not recorded", "extractors": extractors,
             "head": {m: mc["head"]["name"] for m, mc in mods.items()}, "fusion": fusion["rule"] if fusion else None,
-            "metrics": {"test_accuracy": test} if test else {},
+            "metrics": {key: value for key, value in (("test_accuracy", test), ("test_ua", ua),
+                                                      ("test_macro_f1", macro_f1)) if value},
             "source": {"path": path} if path is not None else {"repo_id": repo_id, "revision": revision},
             "license": config.get("license") or "unspecified"}
     return ZooEntry.from_dict(data)
 
 
-def add_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike | None = None,
-              repo_id: str | None = None, revision: str | None = None, description: str | None = None) -> ZooEntry:
-    """Write ``<zoo>/<name>.yaml`` for an exported recognizer and regenerate the README.
+def write_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike | None = None,
+                repo_id: str | None = None, revision: str | None = None,
+                description: str | None = None) -> ZooEntry:
+    """Write ``<zoo>/<name>.yaml`` from an exported folder's ``config.json`` and regenerate the README.
+
+    The zoo only reads the folder's config; :func:`lightning_emo.hub.publish.add_entry` loads the
+    recognizer first, so that only a model that loads gets listed (use that one).
 
     Args:
         name: the zoo name.
@@ -230,17 +243,12 @@ def add_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike
             directory (so the repository ships it).
         repo_id, revision: the Hub repository and the pinned commit it was pushed as.
         description: one line for the table.
-
-    The model is loaded once first, so only a recognizer that loads gets listed.
     """
-    from lightning_emo.hub.recognizer import Recognizer
-
     d = zoo_dir(zoo)
     model_dir = Path(model_dir).resolve()
     for f in (CONFIG_NAME, WEIGHTS_NAME):
         if not (model_dir / f).is_file():
             raise RecognizerError(f"{model_dir}: no {f}; export the recognizer there first")
-    Recognizer.from_pretrained(model_dir)  # refuse to list a model that does not load
     config = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
     path = None
     if repo_id is None:
@@ -257,20 +265,3 @@ def add_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike
     return entry
 
 
-def export_to_zoo(name: str, checkpoints, fusion: Any = None, *, zoo: str | os.PathLike | None = None,
-                  description: str | None = None, **kwargs: Any) -> ZooEntry:
-    """Export trained checkpoints (+ fusion rule) into ``<zoo>/models/<name>/`` and list it in the zoo.
-
-    ``checkpoints``, ``fusion`` and ``kwargs`` are those of
-    :func:`lightning_emo.hub.export.build_from_checkpoints` (``features``, ``manifest``,
-    ``license``...). The folder holds only ``config.json``, ``model.safetensors`` (heads, and
-    weights only for file-sourced extractors) and ``README.md``. Returns the entry.
-    """
-    from lightning_emo.hub.recognizer import Recognizer
-
-    kwargs.setdefault("name", name)
-    kwargs.setdefault("description", description)
-    model = Recognizer.from_checkpoints(checkpoints, fusion=fusion, **kwargs)
-    out = zoo_dir(zoo) / "models" / name
-    model.save_pretrained(out)
-    return add_entry(name, out, zoo=zoo, description=description)

@@ -18,10 +18,15 @@ Callbacks every run gets (each configurable under its own key):
 
 The last two read emotion posteriors and are dropped for other LightningModules.
 
+Each run writes one folder (every file-based logger in it; evaluation from a run's checkpoint
+inside that run) and, when stderr is not a terminal, short progress lines:
+:mod:`lightning_emo.models.runs`.
+
 Defaults: a CSV logger under ``runs/`` (TensorBoard and wandb loggers: ``configs/logger/``),
 ``seed_everything: 0`` and ``trainer.deterministic: warn`` (same seed, same metrics on CPU for
 a fixed number of threads), the resolved config saved as ``config.yaml`` in the run directory.
-Multi-GPU: ``--trainer.devices N --trainer.strategy ddp``.
+Multi-GPU: ``--trainer.devices N --trainer.strategy ddp``. ``--config`` takes a file or the name of
+a shipped config (``experiment/hubert.yaml``, see :mod:`lightning_emo.configs`) from any folder.
 
 Usage::
 
@@ -37,10 +42,12 @@ import sys
 from typing import Any
 
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from lightning_emo.console import is_interactive, quiet_upstream
 from lightning_emo.models.module import EmotionModule
+from lightning_emo.models.runs import LogProgressBar, place_loggers
 from lightning_emo.models.writer import PredictionsWriter
 from lightning_emo.utils import setup_logging
 
@@ -57,7 +64,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 def _import_datamodules() -> None:
     """Import the package's datamodules so configs can name them by class name (``FeatureDataModule``)."""
-    for module in ("lightning_emo.data.features", "lightning_emo.data.clips", "lightning_emo.pretrain.asr_data",
+    for module in ("lightning_emo.data.datamodule", "lightning_emo.data.clips", "lightning_emo.pretrain.asr_data",
                    "lightning_emo.pretrain.face_data", "lightning_emo.pretrain.speech", "lightning_emo.pretrain.faces"):
         try:
             __import__(module)
@@ -85,7 +92,25 @@ class EmotionCLI(LightningCLI):
         if not isinstance(self.model, EmotionModule):
             emotion_only = tuple(c for c in (PredictionsWriter, _fusion_callback()) if c is not None)
             callbacks = [c for c in callbacks if not isinstance(c, emotion_only)]
+        quiet_upstream()
+        stage = self.subcommand or "fit"
+        place_loggers(config.get("logger"), stage, self.config.get(stage, {}).get("ckpt_path") if self.subcommand
+                      else None)
+        given = [*callbacks, *(config.get("callbacks") or [])]
+        if (not is_interactive() and config.get("enable_progress_bar") is not False
+                and not any(isinstance(c, ProgressBar) for c in given)):
+            callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse with every ``--config`` resolved first: a shipped name (``experiment/hubert.yaml``) works from any folder."""
+        from lightning_emo.configs import resolve_config_args
+
+        if args is None or isinstance(args, (list, tuple)):
+            # args None: the console script's own command line (also what DDP relaunches with)
+            self.config = parser.parse_args(resolve_config_args(list(sys.argv[1:] if args is None else args)))
+        else:
+            super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

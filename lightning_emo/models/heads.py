@@ -208,6 +208,18 @@ class Head(nn.Module):
         return list(self.output.parameters())
 
 
+def reorder_output_rows(state: dict[str, torch.Tensor], index: list[int], prefix: str = "head.") -> None:
+    """Reorder a head state dict's classes in place: output row ``j`` becomes old row ``index[j]``.
+
+    Every head's class-dependent parameters are its ``output`` layer's (weight ``(C, P)``, bias
+    ``(C,)``), so a model trained with one class order predicts in another exactly.
+    """
+    order = torch.as_tensor(index, dtype=torch.long)
+    for name in (f"{prefix}output.weight", f"{prefix}output.bias"):
+        if name in state:
+            state[name] = state[name][order].clone()
+
+
 def _length_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
     return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
 

@@ -46,7 +46,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from lightning_emo.models.heads import Head, build_head, valid_frames
+from lightning_emo.models.heads import Head, build_head, reorder_output_rows, valid_frames
 from lightning_emo.utils import log
 
 SPLITS = ("train", "val", "test")
@@ -251,6 +251,7 @@ class EmotionModule(pl.LightningModule):
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self._match_data_classes(dm)
         if stage == "fit" and self.hparams.class_weights == "balanced" and self.hparams.class_counts is None:
             counts = _class_counts(dm, self.classes)
             if counts is None:
@@ -266,6 +267,35 @@ class EmotionModule(pl.LightningModule):
             if spec.modality == "audio" and rate is not None and spec.sample_rate and int(rate) != spec.sample_rate:
                 raise ValueError(f"extractor {spec.name!r} expects audio at {spec.sample_rate} Hz but the datamodule "
                                  f"gives {rate} Hz: set the datamodule's sample_rate to {spec.sample_rate}")
+
+    def _match_data_classes(self, dm: Any) -> None:
+        """Put the outputs in the datamodule's class order (labels index it), or refuse other classes.
+
+        A model loaded from a checkpoint (``load_from_checkpoint``) keeps its own class order; a
+        datamodule whose manifest lists the same classes in another order gets the output layer
+        reordered by name, never probabilities written under the wrong names.
+        """
+        data_classes = getattr(dm, "classes", None)
+        if not data_classes or self._trainer is None:
+            return
+        from lightning_emo.data.checks import match_classes
+
+        manifest = getattr(getattr(dm, "manifest", None), "source", None) or type(dm).__name__
+        index = match_classes(self.classes, data_classes, _model_source(self), manifest, what="model vs data")
+        if index is not None:
+            self._reorder_classes(index)
+            log.info("model classes reordered by name to the data's order: %s", ", ".join(self.classes))
+
+    @torch.no_grad()
+    def _reorder_classes(self, index: list[int]) -> None:
+        state = {k: v for k, v in self.state_dict().items() if k.startswith("head.output.")}
+        reorder_output_rows(state, index)
+        self.load_state_dict(state, strict=False)
+        self.class_weight.copy_(self.class_weight[torch.as_tensor(index)])
+        self.classes = [self.classes[i] for i in index]
+        self.hparams["classes"] = list(self.classes)
+        if self.hparams.get("class_counts") is not None:
+            self.hparams["class_counts"] = [self.hparams["class_counts"][i] for i in index]
 
     @torch.no_grad()
     def fit_input_norm(self, batches, max_batches: int | None = None) -> None:
@@ -524,8 +554,34 @@ class EmotionModule(pl.LightningModule):
             checkpoint["extractor_weights_omitted"] = True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Match the checkpoint's classes to this module's by name (reordering its output rows), or refuse."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("classes")
+        if saved is not None:
+            from lightning_emo.data.checks import match_classes
+
+            fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+            ckpt = (self.trainer.ckpt_path if self._trainer is not None else None) or "the checkpoint"
+            index = match_classes(saved, self.classes, ckpt, _model_source(self, data=True),
+                                  reorder=not fitting, what="resuming training" if fitting else "checkpoint vs data")
+            if index is not None:
+                reorder_output_rows(checkpoint["state_dict"], index)
+                if "class_weight" in checkpoint["state_dict"]:
+                    checkpoint["state_dict"]["class_weight"] = checkpoint["state_dict"]["class_weight"][
+                        torch.as_tensor(index)]
+                checkpoint["hyper_parameters"]["classes"] = list(self.classes)
+                log.info("checkpoint %s: output classes reordered by name to %s", ckpt, ", ".join(self.classes))
         if checkpoint.get("extractor_weights_omitted") and self.extractor is not None:
             checkpoint["state_dict"].update({f"extractor.{k}": v for k, v in self.extractor.state_dict().items()})
+
+
+def _model_source(module: EmotionModule, data: bool = False) -> str:
+    """Where a module's class list came from, for messages: its checkpoint, else the data it was linked to."""
+    trainer = module._trainer
+    if not data:
+        return "the model's classes (its checkpoint, or model.init_args.classes)"
+    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+    source = getattr(getattr(dm, "manifest", None), "source", None)
+    return str(source) if source else "the model's class list (model.classes)"
 
 
 def _class_counts(dm: Any, classes: list[str]) -> list[int] | None:

@@ -193,7 +193,7 @@ def run(cfg: Config, work: Path, device) -> dict[str, Any]:
     """The section: each extractor through the per-clip loop and through `extract`, interleaved."""
     import torch
 
-    from lightning_emo.data.features import FeatureStore
+    from lightning_emo.data.store import FeatureStore
     from lightning_emo.data.media import probe
     from lightning_emo.extractors.extract import run_extraction
 

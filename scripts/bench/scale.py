@@ -59,7 +59,7 @@ def cli_fit(corpus, kind: str, devices: int, epochs: int, cfg: Config, work: Pat
         "model": {"class_path": "lightning_emo.models.module.EmotionModule",
                   "init_args": {"head": "lstm", "hidden_dim": 128, "dropout": 0.5, "lr": 0.001,
                                 "weight_decay": 0.0001, "head_options": SCALE_HEAD_OPTIONS}},
-        "data": {"class_path": "lightning_emo.data.features.FeatureDataModule",
+        "data": {"class_path": "lightning_emo.data.datamodule.FeatureDataModule",
                  "init_args": {"manifest": str(corpus["manifest"]), "features": str(corpus["stores"][kind]),
                                "batch_size": cfg.train_batch_size}},
         "checkpoint": {"dirpath": str(run_dir / "checkpoints")},

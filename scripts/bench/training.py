@@ -40,7 +40,7 @@ def make_feature_corpus(root: Path, n_train: int, n_val: int, n_test: int, kinds
     import numpy as np
 
     from lightning_emo.data.corpora.cheavd import CLASSES
-    from lightning_emo.data.features import FeatureStore, cache_key
+    from lightning_emo.data.store import FeatureStore, cache_key
     from lightning_emo.data.manifest import Clip, Manifest
 
     root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ def make_feature_corpus(root: Path, n_train: int, n_val: int, n_test: int, kinds
 
 
 def _module_and_data(corpus, kind: str, batch_size: int, head_options=None, bucket_by_length: bool = True):
-    from lightning_emo.data.features import FeatureDataModule
+    from lightning_emo.data.datamodule import FeatureDataModule
     from lightning_emo.models.module import EmotionModule
 
     dm = FeatureDataModule(str(corpus["manifest"]), str(corpus["stores"][kind]), batch_size=batch_size,
@@ -128,7 +128,7 @@ def _materialised_batches(corpus, kind: str, batch_size: int, device):
     same clips in batches of similar length (sorted by length, batch order shuffled)."""
     import torch
 
-    from lightning_emo.data.features import collate_features
+    from lightning_emo.data.datamodule import collate_features
 
     module, dm = _module_and_data(corpus, kind, batch_size, bucket_by_length=False)
     dm.setup("fit")

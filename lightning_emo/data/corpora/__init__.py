@@ -10,6 +10,9 @@ CORPORA: Registry = Registry("corpus")
 
 MEDIA_EXTENSIONS = (".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm", ".wav", ".mp3", ".flac", ".m4a", ".ogg")
 
-from lightning_emo.data.corpora import cheavd, cremad, folder, ravdess  # noqa: E402,F401  (registration)
+# registration
+from lightning_emo.data.corpora import (  # noqa: E402,F401
+    cheavd, cremad, emodb, folder, iemocap, meld, msp_podcast, ravdess,
+)
 
 __all__ = ["CORPORA", "MEDIA_EXTENSIONS"]

@@ -1,4 +1,11 @@
-"""Folder-per-label adapter: ``root/<label>/<file>``, one folder per class."""
+"""Folder-per-label adapter: ``root/<label>/<file>``, one folder per class.
+
+Speakers come from the file names through ``speaker_pattern`` (``lightning-emo prepare --corpus
+folder --root DIR --option speaker_pattern='^([^_]+)_'`` reads ``spk01`` from ``spk01_0003.wav``).
+Without it no clip has a speaker: splits are then dealt clip by clip (stratified by label), so one
+speaker's clips can land in train and test, and a small corpus may get no validation clips
+(``prepare`` refuses that and says so).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ def prepare(root: str | Path, classes: Sequence[str] | None = None, speaker_patt
         classes: the class order; default: the sorted folder names. A folder not in the list is
             an error, so nothing is silently dropped.
         speaker_pattern: a regular expression whose first group, searched in the file name,
-            is the speaker id (e.g. ``'^(\\w+?)_'``); without it speakers are unknown.
+            is the speaker id (e.g. ``'^([^_]+)_'`` for ``spk01_0003.wav``, ``'^(\\d+)-'`` for
+            ``03-happy.wav``); without it speakers are unknown and splits are dealt clip by clip.
     """
     root = Path(root)
     folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
