@@ -11,14 +11,14 @@ How a clip's frames are processed (:func:`detect_and_track`):
    frame of each shot.
 3. **Tracking**: :func:`~lightning_emo.extractors.face_detect.track_main_face` links the
    keyframes' detections within each shot (the main face: large, consistent over time).
-4. **Re-detection** (bisection, batched over all clips of a batch): between two consecutive
-   keyframes the detector also runs on the middle frame when the face is found at one end only
+4. **Re-detection** (batched over all clips of a batch): between two consecutive keyframes the
+   detector also runs on every frame in between when the face is found at one end only
    (it left, appeared or was occluded), when the two boxes overlap less than
    ``redetect_iou`` (fast motion), when either score is below ``redetect_score`` (a weak
    detection), or when the image inside an interpolated box no longer looks like the face at
    either end (normalised cross-correlation of 24 x 24 grey patches below
-   ``redetect_similarity``: an occlusion or a cut the histograms missed). This repeats until
-   every gap is either safe or has no frame left.
+   ``redetect_similarity``: an occlusion or a cut the histograms missed). Tracking is re-run
+   and this repeats (usually once) until every gap left is safe.
 5. **Interpolation**: a frame between two keyframes of the same track gets the linearly
    interpolated box and the lower of the two scores; between keyframes without the face the
    frames stay masked (never zero-filled, never carried across a cut or an occlusion). Then the
@@ -171,7 +171,11 @@ def _gaps(clip: _Clip) -> list[tuple[int, int]]:
 
 
 def _unsure(clip: _Clip, policy: TrackingPolicy) -> list[int]:
-    """The middle frames of the gaps that need the detector (see the module docstring, step 4)."""
+    """Every frame of the gaps that need the detector (see the module docstring, step 4).
+
+    A whole gap at once rather than bisecting it: a gap holds at most ``detect_every - 1`` frames,
+    and each detector call has a fixed cost (MTCNN's image pyramid), so one more round over all
+    unsure gaps of a batch costs less than several rounds of middle frames."""
     tr = clip.track
     need, check = [], []
     for a, b in _gaps(clip):
@@ -180,7 +184,7 @@ def _unsure(clip: _Clip, policy: TrackingPolicy) -> list[int]:
             continue  # no face at either end: the frames between stay masked
         if fa != fb or tr.segment[a] != tr.segment[b] or min(float(tr.scores[a]), float(tr.scores[b])) < \
                 policy.redetect_score or box_iou(tr.boxes[a:a + 1], tr.boxes[b:b + 1]).item() < policy.redetect_iou:
-            need.append((a + b) // 2)
+            need += range(a + 1, b)
         elif policy.redetect_similarity > -1:
             check.append((a, b))
     if check:
@@ -201,7 +205,8 @@ def _unsure(clip: _Clip, policy: TrackingPolicy) -> list[int]:
         sim_a = patch_similarity(at(mids), mid_boxes, at(ends_a), tr.boxes[ends_a])
         sim_b = patch_similarity(at(mids), mid_boxes, at(ends_b), tr.boxes[ends_b])
         bad = torch.maximum(sim_a, sim_b) < policy.redetect_similarity
-        need += sorted({(a + b) // 2 for a, b, x in zip(ends_a, ends_b, bad.tolist()) if x})
+        for a, b in sorted({(a, b) for a, b, x in zip(ends_a, ends_b, bad.tolist()) if x}):
+            need += range(a + 1, b)
     return sorted(set(need))
 
 
