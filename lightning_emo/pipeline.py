@@ -38,7 +38,7 @@ from typing import Any, Optional
 from lightning_emo.configs import resolve_config, resolve_config_args
 from lightning_emo.data.folds import FoldOptions
 from lightning_emo.evaluation.runs import TestCorpus
-from lightning_emo.utils import atomic_write_text, log, setup_logging
+from lightning_emo.utils import OutputExistsError, atomic_write_text, log, setup_logging
 
 __all__ = ["FeatureSet", "Protocol", "SynthOptions", "demo_main", "reproduce_main", "resolve_config",
            "run_protocol", "train_and_predict"]
@@ -102,6 +102,8 @@ class Protocol:
         train_args: extra ``fit`` arguments for every head, e.g. ``["--trainer.max_epochs=30"]``.
         rules: fusion rules (``lr ensemble prior cascade weighted``).
         calibrate: temperature-scale each model on validation before fusing.
+        overwrite: use an ``out`` folder that holds files ``reproduce`` did not write (its own
+            folder is always resumed).
         batch_size, num_workers: for extraction (``num_workers`` None: the extractor's default).
         extract_trainer: ``pl.Trainer`` arguments of the extraction (``devices``, ``accelerator``).
         folds: the fold scheme (:class:`~lightning_emo.data.folds.FoldOptions`; default: the
@@ -125,6 +127,7 @@ class Protocol:
     train_args: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=lambda: ["lr", "ensemble", "prior", "cascade"])
     calibrate: bool = False
+    overwrite: bool = False
     batch_size: int = 8
     num_workers: Optional[int] = None
     extract_trainer: dict[str, Any] = field(default_factory=dict)
@@ -160,8 +163,14 @@ def run_protocol(p: Protocol) -> Any:
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {p.seeds}")
     if p.priors not in ("checkpoint", "refit"):
         raise ValueError(f"priors must be 'checkpoint' or 'refit', got {p.priors!r}")
+    from lightning_emo.fusion.metrics import METRICS
+
+    if p.select_metric not in METRICS:  # checked before any work, not after hours of extraction
+        raise ValueError(f"select_metric must be one of {', '.join(METRICS)}, got {p.select_metric!r}")
+    if p.crossfit == 1 or p.crossfit < 0:
+        raise ValueError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {p.crossfit}")
     out = Path(p.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, p.overwrite)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
     timings: dict[str, float] = {}
 
@@ -265,6 +274,22 @@ def _append_json_list(path: Path, item: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps([*items, item], indent=2) + "\n")
 
 
+MARKER = ".lightning-emo-reproduce"
+
+
+def _claim(out: Path, overwrite: bool) -> None:
+    """Make ``out`` this protocol's folder: refuse a non-empty folder it did not write unless ``overwrite``.
+
+    A folder it wrote (its marker or ``protocol.json``) is resumed: finished stores, runs and
+    predictions are reused.
+    """
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not (out / "protocol.json").exists():
+        if not overwrite:
+            raise OutputExistsError([out], what="the output folder (not written by reproduce)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+
+
 def _store_name(fs: FeatureSet) -> str:
     """A store directory name that tells configurations of one extractor apart."""
     parts = [fs.extractor]
@@ -281,7 +306,7 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
     """``fit`` a head on one store through the LightningCLI, then ``predict`` with its best checkpoint.
 
     Returns the written ``predictions.csv``. A finished run (``runs/<name>/predictions.csv``
-    newer than its store) is reused.
+    newer than its store) is reused; an interrupted one resumes from its ``last.ckpt``.
     """
     from lightning_emo.models.cli import cli
 
@@ -295,6 +320,10 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
             "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
             "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
             "--trainer.logger.init_args.version", "fit", "--trainer.enable_model_summary", "false", *extra]
+    last = runs / name / "fit" / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info(f"{name}: resuming the interrupted training from {last}")
+        args += ["--ckpt_path", str(last)]
     import torch
 
     threads = torch.get_num_threads()
@@ -309,6 +338,7 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
         sys.argv = argv
         torch.set_num_threads(threads)
     best = c.trainer.checkpoint_callback.best_model_path or None
+    _predictions_writer(c.trainer).overwrite = True  # this protocol's own file, rewritten for a new training
     c.trainer.predict(c.model, datamodule=c.datamodule, ckpt_path=best)
     written = _predictions_writer(c.trainer).last_path
     written = Path(written)
@@ -351,7 +381,15 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     cfg = parser.parse_args(resolve_config_args(list(sys.argv[1:] if argv is None else argv)))
     cfg = parser.instantiate(cfg)
     protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
-    run_protocol(protocol)
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        run_protocol(protocol)
+    except SIGTERMException:  # during training: the run's last.ckpt is resumed by the same command
+        log.error(f"reproduce stopped by SIGTERM; run the same command again to resume (finished stores, "
+                  f"trainings and predictions in {protocol.out} are reused, an interrupted training resumes "
+                  "from its last.ckpt)")
+        return 143
     return 0
 
 

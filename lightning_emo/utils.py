@@ -1,14 +1,16 @@
-"""Small shared helpers: atomic file writes, file digests, located errors and logging setup."""
+"""Small shared helpers: atomic file writes, the refusal to replace outputs, disk-full errors, file digests,
+located errors and logging setup."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 log = logging.getLogger("lightning_emo")
 
@@ -57,6 +59,96 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class OutputExistsError(FileExistsError):
+    """A command would replace files it was not asked to replace: nothing was written.
+
+    Raised by :func:`check_outputs` before any work, naming the files and the option (usually
+    ``--overwrite``) that allows replacing them.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], flag: str = "--overwrite", what: str = ""):
+        self.paths = [str(p) for p in paths]
+        shown = ", ".join(self.paths[:4]) + (f" and {len(self.paths) - 4} more" if len(self.paths) > 4 else "")
+        verb = "exists" if len(self.paths) == 1 else "exist"
+        super().__init__(f"{what + ' ' if what else ''}{shown} already {verb}; nothing was written. Choose "
+                         f"another output path, or pass {flag} to replace {'it' if len(self.paths) == 1 else 'them'}.")
+
+
+class OutputCollisionError(ValueError):
+    """Two inputs of one command would write the same output file."""
+
+
+def check_outputs(paths: Iterable[str | os.PathLike], overwrite: bool = False, flag: str = "--overwrite",
+                  what: str = "") -> list[Path]:
+    """Check, before any work, that a command may write ``paths``; returns them as ``Path``.
+
+    Raises :class:`OutputCollisionError` when two of them are the same file and
+    :class:`OutputExistsError` when any exists and ``overwrite`` is false. Every command that
+    writes user-visible files calls this with all the files it is about to write.
+    """
+    paths = [Path(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise OutputCollisionError(f"two outputs would be written to one file, {p}: give the inputs "
+                                       "distinct names or write them to distinct folders")
+        seen[key] = p
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise OutputExistsError(existing, flag, what)
+    return paths
+
+
+def distinct_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """A distinct, readable name per input file: its stem, with parent folders only where stems collide.
+
+    ``[a/clip.mp4, b/clip.mp4, x.mp4]`` -> ``["a-clip", "b-clip", "x"]``; the same file given twice
+    is numbered (``x``, ``x-2``).
+    """
+    parts = [Path(os.path.abspath(p)).with_suffix("").parts[1:] or ("root",) for p in paths]
+    depth = [1] * len(parts)
+
+    def name(i: int) -> str:
+        return "-".join(parts[i][-depth[i]:])
+
+    while True:
+        groups: dict[str, list[int]] = {}
+        for i in range(len(parts)):
+            groups.setdefault(name(i), []).append(i)
+        grown = False
+        for members in groups.values():
+            if len({parts[i] for i in members}) > 1:  # different files, one name: look one folder further up
+                for i in members:
+                    if depth[i] < len(parts[i]):
+                        depth[i] += 1
+                        grown = True
+        if not grown:
+            break
+    counts: dict[str, int] = {}
+    out = []
+    for i in range(len(parts)):
+        counts[name(i)] = counts.get(name(i), 0) + 1
+        out.append(name(i) if counts[name(i)] == 1 else f"{name(i)}-{counts[name(i)]}")
+    return out
+
+
+class DiskFullError(OSError):
+    """The disk (or a file-size limit) ran out while writing; the message names the file and what was kept."""
+
+
+def disk_full(exc: OSError, path: str | os.PathLike | None = None, kept: str = "") -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``exc`` if it is ENOSPC / EDQUOT / EFBIG, else None (re-raise ``exc`` then)."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return None
+    where = path or exc.filename or "a file"
+    reason = {errno.EFBIG: "the file-size limit was reached"}.get(exc.errno, "the disk is full")
+    err = DiskFullError(f"{reason} while writing {where}; {kept or 'nothing else was changed'}. "
+                        "Free some space (or write elsewhere) and run the same command again.")
+    err.errno, err.path = exc.errno, str(where)  # not OSError's filename: it would be appended to the message
+    return err
 
 
 class LocatedError(ValueError):

@@ -11,3 +11,17 @@ def quiet_trainer(tmp_path, **overrides) -> pl.Trainer:
                 enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
     args.update(overrides)
     return pl.Trainer(**args)
+
+
+class KillAt(pl.Callback):
+    """Sends ``signal`` to this process at a training batch's start (a real kill, for resume tests)."""
+
+    def __init__(self, epoch: int, batch: int = 0, signal: str = "SIGKILL"):
+        self.epoch, self.batch, self.signal = epoch, batch, signal
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import os
+        import signal as signals
+
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), getattr(signals, self.signal))

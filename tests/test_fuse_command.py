@@ -266,3 +266,46 @@ def test_fuse_errors_name_the_file(corpus, tmp_path, capsys):
         cli_main(["fuse", "--audio", f"a1={paths['a1']}", "--video", f"v1={paths['v1']}", "--rules", "bogus",
                   "--out", str(tmp_path / "o")])
     assert "unknown fusion rule 'bogus'" in capsys.readouterr().err
+
+
+def test_crossfit_gives_out_of_sample_validation_scores_and_the_same_test_predictions(corpus):
+    models = {n: corpus["paths"][n] for n in ("a1", "v1")}
+    mods = {"a1": "audio", "v1": "video"}
+    paper = fuse_report(models, mods, rules=["lr", "prior", "cascade_prior_audio"])
+    cross = fuse_report(models, mods, rules=["lr", "prior", "cascade_prior_audio"], crossfit=5)
+    by = {r.rule_name: r for r in paper.results}
+    for r in cross.results:
+        p = by[r.rule_name]
+        test = cross.test_rows
+        if r.rule_name != "cascade_prior_audio":  # the cascade's prior itself is cross-fitted
+            np.testing.assert_allclose(r.predictions.probs[test], p.predictions.probs[test])
+    # LR scored on the clips it was fitted on is optimistic; cross-fitted it is not
+    assert cross.results[0].val_accuracy < by["lr"].val_accuracy
+    assert cross.fit_mode == "crossfit" and "out-of-sample" in cross.markdown()
+    # the cascade's prior: the LR output's F1 on cross-fitted outputs is below its in-sample F1
+    assert cross.results[2].rule.ensemble_.f1_[0] < by["cascade_prior_audio"].rule.ensemble_.f1_[0]
+    with pytest.raises(ValueError, match="crossfit must be 0"):
+        fuse_report(models, mods, rules=["lr"], crossfit=1)
+
+
+def test_prior_rule_uses_stored_micro_f1(corpus):
+    models = {n: corpus["paths"][n] for n in ("a1", "v1")}
+    mods = {"a1": "audio", "v1": "video"}
+    refit = fuse_report(models, mods, rules=["prior"]).results[0].rule
+    same = fuse_report(models, mods, rules=["prior"], stored_f1={"v1": refit.f1_[0], "a1": refit.f1_[1]})
+    assert same.results[0].rule.f1_.tolist() == refit.f1_.tolist()
+    assert any("FusionPriorCallback" in n for n in same.notes)
+    other = fuse_report(models, mods, rules=["prior"], stored_f1={"v1": 0.9, "a1": 0.1}).results[0].rule
+    assert other.f1_.tolist() == [0.9, 0.1] and other.bonus_.tolist() == pytest.approx([0.8, 0.0])
+
+
+def test_report_recommends_by_validation_and_reports_the_paired_test(corpus):
+    report = fuse_report({n: corpus["paths"][n] for n in ("a1", "v1")}, {"a1": "audio", "v1": "video"},
+                         rules=["lr", "ensemble", "prior"])
+    assert report.recommended.val_accuracy == max(r.val_accuracy for r in [*report.singles, *report.results])
+    cmp = report.paired_comparison()
+    assert cmp["fusion"] == report.best.label and cmp["single"] == report.best_single.label
+    assert cmp["mcnemar_p"] < 0.05 and cmp["diff"] > 0  # complementary models: fusion clearly better here
+    md = report.markdown()
+    assert "Recommended (highest validation WA)" in md and "McNemar exact p" in md and "| UA |" in md
+    assert "All methods" in md and "macro-F1" in md

@@ -67,13 +67,14 @@ def test_export_writes_the_hub_layout(tiny):
     # metrics come from the fuse run's results.csv: val and test, per modality and fused
     assert set(config["metrics"]["test"]) == {"audio", "video", "fused"}
     assert 0 <= config["metrics"]["test"]["fused"]["accuracy"] <= 1
+    assert 0 <= config["metrics"]["test"]["fused"]["ua"] <= 1 and 0 <= config["metrics"]["test"]["audio"]["macro_f1"] <= 1
     assert str(tiny["export"].parent) not in (out / "config.json").read_text()  # no local paths
     keys = set(load_file(str(out / "model.safetensors")))
     # handcrafted extractors: no extractor weights
     assert keys and all(k.startswith(("heads.audio.", "heads.video.")) for k in keys)
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: lightning-emo" in card and "license: apache-2.0" in card
-    for text in ("## Metrics", "| fused (prior) |", "`mfcc`", "`hog`", "no weights (handcrafted)", "detector `none`",
+    for text in ("## Metrics", "| fused (prior) |", "test UA", "test macro-F1", "`mfcc`", "`hog`", "no weights (handcrafted)", "detector `none`",
                  "random features (a plumbing test)", "Recognizer.from_pretrained", *CLASSES):
         assert text in card, text
 

@@ -49,7 +49,7 @@ def hub(monkeypatch):
     server = HubServer(token=TOKEN).start()
     use_endpoint(monkeypatch, server.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "2")
+    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "10")
     yield server
     server.stop()
 
@@ -142,6 +142,22 @@ def test_push_to_a_branch_keeps_the_pinned_commit(tiny, hub, tmp_path, capsys):
         Recognizer.from_pretrained("hf-hub:org/absent", cache_dir=cache)
 
 
+def test_the_stand_in_answers_the_real_clients_repo_calls(tiny, hub, tmp_path):
+    """model_info, snapshot_download (tree listing + downloads) and create_branch, straight from huggingface_hub."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    commit = hub.add_commit("org/tiny", tree_from_folder(tiny["export"], HUB_FILES))
+    api = HfApi(token=TOKEN)
+    info = api.model_info("org/tiny")
+    assert info.sha == commit and sorted(s.rfilename for s in info.siblings) == HUB_FILES
+    assert api.model_info("org/tiny", revision=commit).sha == commit
+    api.create_branch("org/tiny", branch="dev")
+    assert hub.head("org/tiny", "dev") == commit
+    folder = Path(snapshot_download("org/tiny", revision="dev", cache_dir=tmp_path / "c"))
+    assert folder.name == commit and sorted(p.name for p in folder.iterdir()) == HUB_FILES
+    assert (folder / "model.safetensors").read_bytes() == (tiny["export"] / "model.safetensors").read_bytes()
+
+
 # ---------------------------------------------------------------------------------------------- failures
 
 
@@ -189,6 +205,20 @@ def test_offline_and_not_cached_says_so(tiny, hub, tmp_path, capsys):
                          "--offline"], capsys)
     assert rc == 1 and "not in the Hugging Face cache" in err and "offline" in err and "refused" not in err
     assert "Traceback" not in err and hub.requests == []
+
+
+def test_pulling_with_a_wrong_token_never_shows_it(tiny, tmp_path, monkeypatch, capsys, caplog):
+    leaky = HubServer(token="hf_theRealOne", echo_headers=True).start()
+    try:
+        use_endpoint(monkeypatch, leaky.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        leaky.add_commit("org/private", tree_from_folder(tiny["export"], HUB_FILES), private=True)
+        rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/private", "--cache-dir", tmp_path / "c"],
+                            capsys)
+    finally:
+        leaky.stop()
+    assert rc == 1 and "no such model repository" in err and "hf auth login" in err
+    assert f"Bearer {TOKEN}" in leaky.authorizations and TOKEN not in out + err + caplog.text
 
 
 @pytest.mark.slow

@@ -31,6 +31,12 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
         assert set(preds.splits) == {"train", "val", "test"} and len(preds.clip_ids) == 28
     # 2 x 2 feature pairs in Table 3, as in the paper
     assert len((fusion / "table3_fusion.csv").read_text().strip().splitlines()) == 1 + 4
+    # a single split gets the same summary, its CI a bootstrap over the test clips
+    rows = _summary_rows(out)
+    assert rows and all(r["n"] == "1" for r in rows)
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows if r["metric"] == "WA")
+    assert "bootstrap over test clips" in (out / "summary.md").read_text()
+    assert "Recommended (highest validation WA)" in printed
 
     # a re-run reuses stores and trained heads instead of recomputing them
     caplog.set_level(logging.INFO, logger="lightning_emo")
@@ -75,7 +81,7 @@ def test_every_protocol_config_parses_and_names_existing_train_configs(config, c
 
 def _fold_args(out, *extra):
     return ["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(out), "--num_workers", "0",
-            "--synth.clips_per_class", "4", "--synth.num_speakers", "6",
+            "--synth.clips_per_class", "4", "--synth.num_speakers", "6", "--synth.size", "64", "--synth.max_speech", "2",
             "--train_args", '["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]',
             "--audio", '{"mfcc": {"extractor": "mfcc", "train_config": "configs/experiment/synthetic_audio.yaml"}}',
             "--video", '{"hog": {"extractor": "hog", "detector": "none", "fps": 5, '
@@ -105,6 +111,21 @@ def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
     # extraction ran once for the whole protocol: each store written once, never per fold
     (history,) = json.loads((out / "extraction.json").read_text())
     assert [s["written"] for s in history["stores"]] == [28, 28]
+    # the prior rule took each head's micro-F1 from its checkpoint: the same as recomputing it from predictions
+    from lightning_emo.fusion.rules import micro_f1_scores
+
+    run = out / "folds" / "fold1-seed0"
+    state = json.loads((run / "fusion" / "mfcc+hog" / "prior" / "rule.json").read_text())["state"]
+    val = {n: read_predictions(run / "runs" / n / "predictions.csv").split("val") for n in ("hog", "mfcc")}
+    refit = micro_f1_scores([val["hog"].probs, val["mfcc"].probs], val["hog"].y)
+    assert state["params"]["micro_f1"] == pytest.approx(refit.tolist(), abs=1e-6)
+    ckpt = {n: json.loads((run / "runs" / n / "result.json").read_text())["checkpoint"] for n in ("hog", "mfcc")}
+    assert main(["fuse", "--audio", f"mfcc={run / 'runs' / 'mfcc' / 'predictions.csv'}",
+                 "--video", f"hog={run / 'runs' / 'hog' / 'predictions.csv'}", "--checkpoint", f"mfcc={ckpt['mfcc']}",
+                 "--checkpoint", f"hog={ckpt['hog']}", "--rules", "prior", "--out", str(tmp_path / "fused"),
+                 "--no-png", "--quiet"]) == 0
+    fused = json.loads((tmp_path / "fused" / "mfcc+hog" / "prior" / "rule.json").read_text())["state"]
+    assert fused["params"]["micro_f1"] == state["params"]["micro_f1"]
     # a re-run skips the finished folds and extracts nothing
     caplog.set_level(logging.INFO, logger="lightning_emo")
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
@@ -148,3 +169,18 @@ def test_reproduce_three_seeds_resumes_after_a_real_kill(tmp_path, caplog):
     history = json.loads((out / "extraction.json").read_text())
     assert [s["written"] for s in history[0]["stores"]] == [28, 28]  # the killed run extracted everything once
     assert all(s["written"] == 0 for h in history[1:] for s in h["stores"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds.scheme", "kfold", "--folds.k", "50"], "cannot fill 50 speaker-independent folds"),
+    (["--folds.scheme", "logo"], "needs the 'group' \\(or 'session'\\) column"),
+    (["--folds.scheme", "bogus"], "unknown fold scheme 'bogus'"),
+    (["--seeds", "[1, 1]"], "distinct integers"),
+    (["--select_metric", "auc"], "select_metric must be one of"),
+    (["--crossfit", "1"], "crossfit must be 0"),
+])
+def test_bad_protocol_options_stop_before_any_work(tmp_path, extra, message):
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match=message):
+        main(_fold_args(out, *extra))
+    assert not (out / "features").exists()  # nothing extracted

@@ -124,7 +124,11 @@ def test_configs_command_lists_shows_and_copies(tmp_path, capsys):
         main(["configs", "show", "experiment/synthetic_fase.yaml"])
 
 
-def test_top_level_help_says_configs_ship(capsys):
+def test_help_says_configs_ship(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "configs" in out and "experiment/" in out and "lightning-emo configs list" in out
+    for command in (["fit"], ["reproduce"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        assert "lightning-emo configs list" in " ".join(capsys.readouterr().out.split()), command

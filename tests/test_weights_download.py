@@ -57,9 +57,13 @@ def mirror(monkeypatch):
     server.stop()
 
 
-def test_download_once_into_torchaudios_cache_then_reuse_without_the_server(mirror, hubert_tiny):
+def test_download_once_into_torchaudios_cache_then_reuse_without_the_server(mirror, hubert_tiny, caplog):
     mirror.files[HUBERT_FILE] = hubert_tiny
-    e = build_extractor("hubert_base", arch=TINY)
+    with caplog.at_level("INFO", logger="lightning_emo"):
+        e = build_extractor("hubert_base", arch=TINY)
+    # not a terminal: short log lines (size first, then where it went)
+    assert f"download {HUBERT_FILE}: {len(hubert_tiny) / 1e6:.1f} MB" in caplog.text
+    assert f"downloaded {mirror.url}/weights/{HUBERT_FILE}" in caplog.text
     cached = torch_hub_checkpoint(HUBERT_FILE)
     assert e.weights_path == cached and cached.read_bytes() == hubert_tiny
     assert mirror.requests == [("GET", f"/weights/{HUBERT_FILE}")]
@@ -247,3 +251,28 @@ def test_cli_extract_full_size_hubert_base_from_the_mirror(face_clip, mirror, tm
         assert rc == 0, err
         mirror.stop()
     assert [p for _, p in mirror.requests] == [f"/weights/{HUBERT_FILE}"]
+
+
+def test_a_recognizer_downloads_its_backbone_on_first_use(mirror, hubert_tiny, tmp_path, monkeypatch):
+    """An exported recognizer names its torchaudio backbone; `predict` fetches the weights from the mirror once."""
+    from lightning_emo.hub import Recognizer, RecognizerError
+    from lightning_emo.hub._testing import CLASSES, random_clip, train_head_checkpoint
+
+    mirror.files[HUBERT_FILE] = hubert_tiny
+    spec = build_extractor("hubert_base", arch=TINY).spec
+    assert spec.weights.kind == "torchaudio" and "weights" not in spec.options
+    ckpt = train_head_checkpoint(tmp_path / "a.ckpt", spec.to_dict(), CLASSES)
+    Recognizer.from_checkpoints({"audio": ckpt}).save_pretrained(tmp_path / "export")
+    torch_hub_checkpoint(HUBERT_FILE).unlink()  # a fresh machine
+    clip = random_clip(tmp_path / "clip.mp4", seconds=1.0)
+    model = Recognizer.from_pretrained(tmp_path / "export")
+    url = mirror.url
+    mirror.stop()
+    with pytest.raises(RecognizerError, match=rf"'hubert_base' are not available: download of {re.escape(url)}"
+                                              rf"/weights/{HUBERT_FILE} failed: connection refused"):
+        model.predict(clip)
+    with FileServer(files={HUBERT_FILE: hubert_tiny}) as server:
+        monkeypatch.setenv("LIGHTNING_EMO_WEIGHTS_URL", server.url)
+        pred = Recognizer.from_pretrained(tmp_path / "export").predict(clip)
+    assert pred.label in CLASSES and server.requests == [("GET", f"/{HUBERT_FILE}")]
+    assert torch_hub_checkpoint(HUBERT_FILE).read_bytes() == hubert_tiny

@@ -160,6 +160,8 @@ class FeatureDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.sampler = batch_size, num_workers, sampler
         self.predict_splits = list(predict_splits)
         self.max_frames, self.seed, self.bucket_by_length = max_frames, seed, bucket_by_length
+        self._generators: dict[str, torch.Generator] = {}
+        self._generator_states: dict[str, torch.Tensor] = {}
         self.manifest = read_manifest(manifest, root=root, check_files=False)
         self._single = isinstance(features, (str, os.PathLike))
         if self._single:
@@ -263,10 +265,24 @@ class FeatureDataModule(pl.LightningDataModule):
         predict = [c for c in self.manifest.clips if c.split in self.predict_splits and c.clip_id not in self._left_out]
         self.datasets["predict"] = FeatureDataset(self.stores, predict, self.classes)
 
+    def _generator(self, name: str) -> torch.Generator:
+        """The seeded generator of one random draw of the training order (its state is checkpointed)."""
+        g = self._generators[name] = torch.Generator().manual_seed(self.seed)
+        if name in self._generator_states:
+            g.set_state(self._generator_states.pop(name))
+        return g
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training order's generator states: a resumed ``fit`` draws what an uninterrupted one would."""
+        return {f"generator/{name}": g.get_state() for name, g in self._generators.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._generator_states = {k.split("/", 1)[1]: v for k, v in state_dict.items() if k.startswith("generator/")}
+
     def _loader(self, name: str, sampler=None, shuffle: bool = False) -> DataLoader:
         if name not in self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle or sampler is not None else None
+        generator = self._generator(f"{name}_loader") if shuffle or sampler is not None else None
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=_Collate(list(self.stores), self._single),
                           generator=generator, persistent_workers=self.num_workers > 0,
@@ -291,7 +307,7 @@ class FeatureDataModule(pl.LightningDataModule):
                 lengths, self.batch_size * world, weights=weights, seed=self.seed))
         if weights is not None:
             sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
-                                            generator=torch.Generator().manual_seed(self.seed))
+                                            generator=self._generator("train_sampler"))
             return self._loader("train", sampler=sampler)
         return self._loader("train", shuffle=True)
 

@@ -9,7 +9,16 @@ import sys
 from lightning_emo.data.checks import CorpusError, check_splits
 from lightning_emo.data.corpora import CORPORA
 from lightning_emo.data.labelmap import LabelMapError, apply_label_map
-from lightning_emo.data.manifest import DEFAULT_RATIOS, SPLITS, Manifest, ManifestError, assign_splits, read_manifest
+from lightning_emo.data.manifest import (
+    DEFAULT_RATIOS,
+    SPLITS,
+    Manifest,
+    ManifestError,
+    assign_splits,
+    read_manifest,
+    sidecar_path,
+)
+from lightning_emo.utils import OutputExistsError, check_outputs
 
 SPEAKER_HINT = ("--option speaker_pattern=REGEX (its first group, searched in each file name, is the speaker: "
                 "'^([^_]+)_' reads spk01 from spk01_0003.wav)")
@@ -83,9 +92,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="adapter option, e.g. speaker_pattern=REGEX for folder (the first group, searched "
                         "in each file name, is the speaker: without it a folder corpus has no speakers and "
                         "gets a clip split), modality=audio-only for ravdess, labels=FILE for cheavd")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV and its .json sidecar")
     args = parser.parse_args(argv)
     if args.label_map and not args.classes:
         parser.error("--label-map needs --classes: the target class list the labels are mapped onto")
+    try:
+        # the CSV and its sidecar: an unrelated x.json beside x.csv is the user's too
+        check_outputs([args.out, sidecar_path(args.out)], args.overwrite)
+    except OutputExistsError as e:
+        parser.exit(2, f"lightning-emo prepare: {e}\n")
     try:
         if args.corpus == "manifest":
             if not args.manifest:

@@ -5,6 +5,7 @@ A store is a directory per (corpus, extractor configuration)::
     STORE/
       store.json                 format, extractor spec, cache key, dim, dtype[, selection]
       .lock                      advisory lock: open writers hold it shared, cleanup needs it exclusive
+      .run.lock                  one extraction run at a time: held exclusively, names its holder
       index.json                 merged index (a cache of the segment indexes, rebuilt when stale)
       segments/
         r0-3f2a9c1b.f16          rank 0's features: rows of D values, raw little-endian (np.memmap)
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from lightning_emo.specs import ExtractorSpec
-from lightning_emo.utils import atomic_write_text, log, sha256_file
+from lightning_emo.utils import atomic_write_text, disk_full, log, sha256_file
 
 STORE_FORMAT = 1
 STORE_FILE = "store.json"
@@ -46,6 +47,7 @@ INDEX_FILE = "index.json"
 SEGMENTS_DIR = "segments"
 SELECTOR_FILE = "selector.safetensors"
 LOCK_FILE = ".lock"
+RUN_LOCK_FILE = ".run.lock"
 # Why a clip has no sequence (recorded instead of features; the extractors decide which applies).
 MISSING_NO_AUDIO = "no_audio"
 MISSING_NO_VIDEO = "no_video"
@@ -220,7 +222,7 @@ class FeatureStore:
                     raise
                 log.info(f"feature store {path}: key differs, --overwrite given: removing the old store")
                 _remove_store(path)
-        elif path.exists() and any(path.iterdir()):
+        elif path.exists() and any(p.name != RUN_LOCK_FILE for p in path.iterdir()):
             raise FeatureStoreError(f"{path} exists, is not empty and holds no {STORE_FILE}: refusing to write a "
                                     "feature store into it (choose another directory)")
         (path / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
@@ -510,6 +512,8 @@ def _stat_stamp(p: Path) -> list[int]:
 
 def _remove_store(path: Path) -> None:
     for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.parent == path and p.name == RUN_LOCK_FILE:
+            continue  # held by the run that replaces the store
         if p.is_dir():
             p.rmdir()
         else:
@@ -554,6 +558,77 @@ class _StoreLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
+
+
+class StoreBusyError(FeatureStoreError):
+    """Another run is writing this store (the message names it: pid, host, start time, command)."""
+
+
+class RunLock:
+    """One writing run per store: an exclusive ``flock`` on ``STORE/.run.lock`` that records its holder.
+
+    The holder's pid, host, start time and command are written into the file, so a second run
+    can say who holds it. The OS drops the lock when the holder dies, so a stale file left by a
+    killed run never blocks anyone (its contents are only read while the lock is held). With
+    ``wait`` the second run blocks until the first finishes (then resumes after its clips);
+    otherwise it is refused (:class:`StoreBusyError`). Where ``fcntl`` is missing (Windows) it is a no-op.
+    """
+
+    def __init__(self, store_path: str | os.PathLike, command: str = "", wait: bool = False,
+                 poll_seconds: float = 1.0):
+        self.path = Path(store_path) / RUN_LOCK_FILE
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        announced = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                holder = self.holder()
+                if not wait:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise StoreBusyError(f"feature store {store_path} is being written by another run ({holder}); "
+                                         "nothing was done. Wait for it to finish and run the same command again "
+                                         "(it skips the clips already written), or pass --wait to wait for it.")
+                if not announced:
+                    log.info(f"feature store {store_path}: waiting for the run that holds it ({holder})")
+                    announced = True
+                time.sleep(poll_seconds)
+        import socket
+
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command}
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, (json.dumps(info) + "\n").encode(), 0)
+
+    def holder(self) -> str:
+        """Who holds the lock, from the file: ``pid 123 on host, started ..., command``."""
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, json.JSONDecodeError):
+            info = {}
+        if not info:
+            return "a process that has not recorded itself yet"
+        text = f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}"
+        return text + (f": {info['command']}" if info.get("command") else "")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder any more
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class StoreWriter:
@@ -660,6 +735,34 @@ class StoreWriter:
         row_bytes = self.store.dim * self.store.dtype.itemsize
         clips, missing = dict(self._seg_clips), dict(self._seg_missing)
         rows = self._seg_rows
+        try:
+            rows = self._append(data_path, mask_path, rows, row_bytes, clips, missing)
+            index = {"format": STORE_FORMAT, "segment": self._seg, "rank": self.rank, "dim": self.store.dim,
+                     "dtype": str(self.store.dtype), "rows": rows, "clips": clips, "missing": missing}
+            _atomic_write_synced(base.with_suffix(".json"), json.dumps(index) + "\n")
+            _fsync_dir(seg_dir)
+        except OSError as e:
+            committed = self.written + sum(self.missing.values())
+            full = disk_full(e, e.filename or data_path,
+                             kept=f"the store {self.store.path} keeps every clip committed before "
+                                  f"({committed} by this run, {len(self.store)} before it); the "
+                                  f"{len(self._pending)} clips in flight were not written, and a re-run resumes "
+                                  "after the committed ones")
+            if full is None:
+                raise
+            raise full from e
+        for clip_id, data, mask, reason in self._pending:
+            if reason is not None:
+                self.missing[reason] += 1
+            else:
+                self.written += 1
+                self.no_valid += int(not mask.any())
+        self._seg_rows, self._seg_clips, self._seg_missing = rows, clips, missing
+        self._pending = []
+        self._last_commit = time.monotonic()
+
+    def _append(self, data_path: Path, mask_path: Path, rows: int, row_bytes: int, clips: dict, missing: dict) -> int:
+        """Append the queued clips' rows after the committed ``rows``, fsynced; returns the new row count."""
         with open(data_path, "ab") as fd, open(mask_path, "ab") as fm:
             # A previous commit of this writer that failed half-way may have left rows past the index.
             fd.truncate(rows * row_bytes)
@@ -678,19 +781,7 @@ class StoreWriter:
             fm.flush()
             os.fsync(fd.fileno())
             os.fsync(fm.fileno())
-        index = {"format": STORE_FORMAT, "segment": self._seg, "rank": self.rank, "dim": self.store.dim,
-                 "dtype": str(self.store.dtype), "rows": rows, "clips": clips, "missing": missing}
-        _atomic_write_synced(base.with_suffix(".json"), json.dumps(index) + "\n")
-        _fsync_dir(seg_dir)
-        for clip_id, data, mask, reason in self._pending:
-            if reason is not None:
-                self.missing[reason] += 1
-            else:
-                self.written += 1
-                self.no_valid += int(not mask.any())
-        self._seg_rows, self._seg_clips, self._seg_missing = rows, clips, missing
-        self._pending = []
-        self._last_commit = time.monotonic()
+        return rows
 
     def close(self) -> None:
         """Commit what is queued; the writer cannot be used afterwards."""

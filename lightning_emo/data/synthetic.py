@@ -39,7 +39,7 @@ from lightning_emo.console import track
 from lightning_emo.data.corpora.cheavd import CLASSES
 from lightning_emo.data.manifest import Clip, Manifest, assign_splits, read_manifest
 from lightning_emo.data.media import write_video
-from lightning_emo.utils import atomic_write_text
+from lightning_emo.utils import OutputExistsError, atomic_write_text, check_outputs
 
 SYNTH_VERSION = 1  # bump whenever the same parameters would give different media
 CORPUS_NAME = "synthetic"
@@ -561,7 +561,9 @@ def synthesize(
     speaker has clips of several classes; splits are speaker-independent 7:1:2 (:func:`assign_splits` with ``seed``).
     A directory already holding a corpus made with the same parameters is left as it is
     unless ``overwrite``. A clip depends only on the seed, its class and index and the media
-    settings, so a larger corpus extends a smaller one.
+    settings, so a larger corpus extends a smaller one. A directory holding files of the same
+    names that this function did not write (no ``synth.json``: someone's ``manifest.csv``) is
+    refused (:class:`~lightning_emo.utils.OutputExistsError`) unless ``overwrite``.
     """
     if clips_per_class < 1 or num_speakers < 1:
         raise ValueError(f"clips_per_class and num_speakers must be >= 1, got {clips_per_class}, {num_speakers}")
@@ -573,6 +575,10 @@ def synthesize(
     out = Path(out)
     if not overwrite and _up_to_date(out, config):
         return out / "manifest.csv"
+    if not (out / "synth.json").is_file():  # not a synthetic corpus: what would be replaced is someone else's
+        mine = [out / "manifest.csv", out / "manifest.json", out / "synth.json"]
+        mine += sorted((out / "clips").glob("synth_*.mp4")) if (out / "clips").is_dir() else []
+        check_outputs(mine, overwrite, what="the folder holds files synth did not write:")
     clip_dir = out / "clips"
     clip_dir.mkdir(parents=True, exist_ok=True)
     speakers = [make_speaker(seed, i) for i in range(num_speakers)]
@@ -631,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = synthesize(args.out, args.clips_per_class, args.seed, args.num_speakers, args.fps, args.size,
                           args.sample_rate, overwrite=args.overwrite, progress=not args.quiet)
+    except OutputExistsError as e:
+        parser.exit(2, f"lightning-emo synth: {e}\n")
     except ValueError as e:
         parser.error(str(e))
     print(read_manifest(path).summary())

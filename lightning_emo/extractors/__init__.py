@@ -13,6 +13,7 @@ from lightning_emo.extractors.base import (
     build_extractor,
     resolve_weights,
 )
+from lightning_emo.extractors.weights import WeightsDownloadError
 
-__all__ = ["EXTRACTORS", "Extractor", "ExtractorSpec", "WeightsNotFoundError", "WeightsSource",
+__all__ = ["EXTRACTORS", "Extractor", "ExtractorSpec", "WeightsDownloadError", "WeightsNotFoundError", "WeightsSource",
            "build_extractor", "resolve_weights"]

@@ -25,10 +25,11 @@ from typing import Any, Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
-from lightning_emo.data.store import FeatureStore, cache_key
+from lightning_emo.data.store import FeatureStore, RunLock, cache_key
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec
 from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES, register_extractors: API)
     EXTRACTOR_MODULES,
@@ -47,6 +48,7 @@ from lightning_emo.utils import log, setup_logging
 
 DEFAULT_FPS = 5.0
 DELAY_ENV = "LIGHTNING_EMO_EXTRACT_DELAY"
+SIGTERM_EXIT = 143  # 128 + SIGTERM
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
@@ -119,6 +121,15 @@ class FeatureStoreWriter(BasePredictionWriter):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class StopOnSigterm(Callback):
+    """Stops the predict loop after the current batch on SIGTERM (Lightning's signal connector records it;
+    its predict loop, unlike its training loops, does not act on it). The writer then commits."""
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException()
 
 
 class ExtractionProgress(Callback):
@@ -356,8 +367,15 @@ def run_extraction(
     on_error: str = "raise",
     trainer: Mapping[str, Any] | None = None,
     root: str | os.PathLike | None = None,
+    wait: bool = False,
 ) -> ExtractionResult:
-    """:func:`extract` without the selection step, returning counts and timing (:class:`ExtractionResult`)."""
+    """:func:`extract` without the selection step, returning counts and timing (:class:`ExtractionResult`).
+
+    One run writes a store at a time (:class:`~lightning_emo.data.store.RunLock`): a second run
+    on the same store is refused naming the first, or with ``wait`` waits for it and then
+    extracts only what is left. On SIGTERM the loop stops after the current batch, commits and
+    raises Lightning's ``SIGTERMException`` (the ``extract`` command exits with status 143).
+    """
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest, root=root)
     register_extractors()
@@ -383,10 +401,35 @@ def run_extraction(
     key = cache_key(spec, dtype=dtype, detector=detector if face else None, fps=probe_fps if face else None,
                     extra=key_extra or None)
     store_path = Path(out) / (name or extractor)
-    store = FeatureStore.create(store_path, spec, key, dtype=dtype, overwrite=overwrite)
+    # the lock first, so that a run replacing a store (overwrite) or creating it has it to itself;
+    # DDP ranks > 0 (launched with RANK/LOCAL_RANK set) run under their rank 0's lock
+    lock = None
+    if _launch_rank() == 0:
+        store_path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(store_path, command=" ".join(["lightning-emo", *sys.argv[1:]]), wait=wait)
+    try:
+        store = FeatureStore.create(store_path, spec, key, dtype=dtype, overwrite=overwrite)
+        return _run_locked(store, manifest, model, det, spec, probe_fps, batch_size, num_workers, precision,
+                           commit_every, on_error, trainer, detector if face else None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _launch_rank() -> int:
+    from lightning_fabric.utilities.rank_zero import _get_rank
+
+    return _get_rank() or 0
+
+
+def _run_locked(store: FeatureStore, manifest: Manifest, model, det, spec: ExtractorSpec, probe_fps: float | None,
+                batch_size: int, num_workers: int | None, precision: str, commit_every: int, on_error: str,
+                trainer: Mapping[str, Any] | None, detector: str | None) -> ExtractionResult:
+    store.refresh()  # what an earlier run (perhaps the one this run waited for) committed
+    store_path = store.path
     total = len(manifest.clips)
     pending = sum(1 for c in manifest.clips if c.clip_id not in store)
-    result = ExtractionResult(store, skipped=total - pending, detector=detector if face else None)
+    result = ExtractionResult(store, skipped=total - pending, detector=detector)
     if pending == 0:
         _count(result, manifest)
         return result
@@ -401,7 +444,7 @@ def run_extraction(
     writer = FeatureStoreWriter(store, commit_every=commit_every)
     progress = ExtractionProgress(f"extract {store_path.name}")
     quiet_upstream()
-    pl_trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer, progress],
+    pl_trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer, progress, StopOnSigterm()],
                             use_distributed_sampler=False,
                             precision=resolve_precision(precision, trainer_args["accelerator"], spec), **trainer_args)
     data = ExtractionData(manifest, store, spec.modality, spec.sample_rate, probe_fps, batch_size, num_workers,
@@ -494,7 +537,10 @@ def build_parser():
         prog="lightning-emo extract",
         description="Run frozen feature extractors over a manifest into feature stores (one per extractor, "
         "FEATURES_DIR/<name>/), resuming where an earlier run stopped. Several processes: --trainer.devices N "
-        "--trainer.strategy ddp.",
+        "--trainer.strategy ddp. Pretrained weights download on first use into the upstream caches "
+        "(torchaudio: $TORCH_HOME/hub/checkpoints, facenet: $TORCH_HOME/checkpoints, Hub files: the HF cache); "
+        "LIGHTNING_EMO_WEIGHTS_URL=URL fetches non-Hub files as URL/<file name> (a mirror), "
+        "LIGHTNING_EMO_DOWNLOAD_TIMEOUT sets the seconds to wait, --offline or HF_HUB_OFFLINE=1 downloads nothing.",
     )
     parser.add_argument("--manifest", required=True, help="the manifest CSV")
     parser.add_argument("--root", default=None, help="the corpus root (default: the manifest sidecar's)")
@@ -533,6 +579,9 @@ def build_parser():
                         help="a broken media file: raise (stop, naming the clip; a re-run resumes) or warn "
                         "(log it and record the clip as missing)")
     parser.add_argument("--overwrite", action="store_true", help="replace a store written with another configuration")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another run is writing the store, wait for it (then extract what is left) "
+                        "instead of stopping")
     parser.add_argument("--commit-every", type=int, default=16,
                         help="clips per commit (a killed run loses at most these)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the feature selection")
@@ -603,7 +652,14 @@ def _run(parser, cfg) -> int:
                                     detector=cfg.detector, detector_options=detector_options, fps=cfg.fps,
                                     batch_size=cfg.batch_size, num_workers=cfg.num_workers, precision=cfg.precision,
                                     dtype=cfg.dtype, name=cfg.name, overwrite=cfg.overwrite,
-                                    commit_every=cfg.commit_every, on_error=cfg.on_error, trainer=trainer_args)
+                                    commit_every=cfg.commit_every, on_error=cfg.on_error, trainer=trainer_args,
+                                    wait=cfg.wait)
+        except SIGTERMException:
+            store = FeatureStore.open(Path(cfg.out) / (cfg.name or name))
+            done = sum(1 for c in manifest.clips if c.clip_id in store)
+            print(f"extract {name}: stopped by SIGTERM; {done} of {len(manifest.clips)} clips are committed to "
+                  f"{store.path}. Run the same command again to extract the rest.", file=sys.stderr)
+            return SIGTERM_EXIT
         except (ValueError, OSError, RuntimeError, KeyError) as e:
             print(f"error: extract {name}: {e}", file=sys.stderr)
             return 1

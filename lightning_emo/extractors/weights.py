@@ -164,6 +164,7 @@ def hub_file(source: WeightsSource, cache_dir: str | os.PathLike | None = None,
         WeightsNotFoundError: not cached and offline, or no such repository/file/revision.
         WeightsDownloadError: the Hub could not be reached or failed (refused, timeout, HTTP error).
     """
+    import httpx2
     from huggingface_hub import constants, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -181,9 +182,10 @@ def hub_file(source: WeightsSource, cache_dir: str | os.PathLike | None = None,
             return Path(hf_hub_download(source.uri, source.filename, revision=source.revision, cache_dir=cache_dir,
                                         local_files_only=local_files_only))
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise WeightsNotFoundError(f"weights {source.uri}/{source.filename}@{rev}: "
-                                   f"{'no such revision' if isinstance(e, RevisionNotFoundError) else 'no such repository (or it is private: log in with `hf auth login`)'}"
-                                   f" on {constants.ENDPOINT}") from None
+        what = ("no such revision" if isinstance(e, RevisionNotFoundError)
+                else "no such repository (or it is private: log in with `hf auth login`)")
+        raise WeightsNotFoundError(f"weights {source.uri}/{source.filename}@{rev}: {what} on {constants.ENDPOINT}"
+                                   ) from None
     except EntryNotFoundError as e:
         failure = hub_failure(e)
         if failure is None or local_files_only:
@@ -195,7 +197,7 @@ def hub_file(source: WeightsSource, cache_dir: str | os.PathLike | None = None,
                 f"file with --weights PATH.") from None
         raise WeightsDownloadError(f"download of {url} failed: {failure}; the file is not in the cache ({where}) "
                                    "either. Run again to retry, or check HF_ENDPOINT.") from None
-    except (HfHubHTTPError, OSError) as e:
+    except (HfHubHTTPError, OSError, httpx2.HTTPError) as e:  # HfHubHTTPError first: it is an httpx2.HTTPError too
         raise WeightsDownloadError(f"download of {url} failed: {hub_failure(e) or type(e).__name__}") from None
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning_emo.data.predictions import PredictionsError
 from lightning_emo.fusion.report import DEFAULT_RULES, expand_rules, fuse_report
 from lightning_emo.fusion.rules import RULES
-from lightning_emo.utils import log, setup_logging
+from lightning_emo.utils import OutputExistsError, check_outputs, log, setup_logging
 
 EPILOG = """\
 examples:
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test", help="split the rules are scored on (default: test)")
     p.add_argument("--no-png", action="store_true", help="skip the confusion-matrix PNG")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
+    p.add_argument("--overwrite", action="store_true", help="replace the tables and files of an earlier fuse in --out")
     return p
 
 
@@ -97,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         stored[name] = float(next(iter(metrics.values()))["micro_f1"])
     try:
+        # the fixed files first, before any work; Report.write checks all of them again
+        check_outputs([args.out / "results.md", args.out / "results.csv"], args.overwrite)
         report = fuse_report(models, modalities, rules=args.rules, calibrate=args.calibrate,
                              fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split,
                              crossfit=args.crossfit, stored_f1=stored, select_metric=args.select_metric)
-    except (PredictionsError, ValueError) as e:
+        written = report.write(args.out, png=not args.no_png, overwrite=args.overwrite)
+    except (PredictionsError, ValueError, OutputExistsError) as e:
         print(f"lightning-emo fuse: {e}", file=sys.stderr)
         return 2
-    written = report.write(args.out, png=not args.no_png)
     if not args.quiet:
         print(report.markdown())
     log.info("wrote %d files to %s", len(written), args.out)

@@ -44,7 +44,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, recall_sco
 from lightning_emo.data.predictions import Predictions, PredictionsError, check_compatible, read_predictions
 from lightning_emo.fusion.metrics import METRICS, TITLES, mcnemar, paired_bootstrap, scores
 from lightning_emo.fusion.rules import RULES, FusionRule, cross_fit_proba, make_rule
-from lightning_emo.utils import atomic_path, atomic_write_text
+from lightning_emo.utils import atomic_path, atomic_write_text, check_outputs
 
 AUDIO, VIDEO = "audio", "video"
 PAIR_RULES = ("lr", "ensemble", "prior", "weighted")
@@ -366,8 +366,11 @@ class Report:
             fig.savefig(tmp, format="png", dpi=120)
         return path
 
-    def write(self, out_dir: str | os.PathLike, png: bool = True) -> list[Path]:
+    def write(self, out_dir: str | os.PathLike, png: bool = True, overwrite: bool = True) -> list[Path]:
         """Write everything under ``out_dir`` (atomic per file) and return the paths written.
+
+        With ``overwrite=False`` nothing is written when any of these files exists
+        (:class:`~lightning_emo.utils.OutputExistsError`).
 
         ``results.md``; ``table2_single.csv``, ``table3_fusion.csv``, ``table4_cascade.csv``,
         ``table5_cascade_prior.csv``, ``methods.csv`` (WA, UA, F1 of every method),
@@ -380,6 +383,10 @@ class Report:
         files = {"single": "table2_single.csv", "fusion": "table3_fusion.csv", "cascade": "table4_cascade.csv",
                  "cascade_prior": "table5_cascade_prior.csv", "methods": "methods.csv",
                  "per_class": "per_class_recall.csv"}
+        planned = [out / files[key] for key in self.tables()] + [out / "results.csv", out / "results.md"]
+        planned += [out / r.group / r.rule_name / name for r in self.results
+                    for name in ("predictions.csv", "rule.json")]
+        check_outputs(planned + ([out / "confusion_best.png"] if png and self.results else []), overwrite)
         for key, table in self.tables().items():
             atomic_write_text(out / files[key], table.csv())
             written.append(out / files[key])

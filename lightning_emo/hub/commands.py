@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from lightning_emo.utils import atomic_write_text, setup_logging
+from lightning_emo.utils import OutputExistsError, atomic_write_text, check_outputs, distinct_stems, setup_logging
 
 __all__ = ["export_main", "infer_main", "push_main", "zoo_main"]
 
@@ -99,6 +99,7 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default with --zoo-entry: <zoo>/models/<name>)")
     p.add_argument("--zoo-entry", default=None, metavar="NAME", help="also list it in the zoo under NAME")
     p.add_argument("--zoo", default=None, help="the zoo directory (default: the repository's zoo/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an exported recognizer already in --out")
     args = p.parse_args(argv)
     setup_logging()
     from lightning_emo.hub.config import RecognizerError
@@ -131,6 +132,10 @@ def export_main(argv: list[str] | None = None) -> int:
     if args.out is None and args.zoo_entry is None:
         p.error("give --out DIR (or --zoo-entry NAME to export into the zoo)")
     out = Path(args.out) if args.out else zoo_dir(args.zoo) / "models" / args.zoo_entry
+    try:
+        check_outputs([out / name for name in ("config.json", "model.safetensors", "README.md")], args.overwrite)
+    except OutputExistsError as e:
+        return _fail("export", e)
     try:
         metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     except (OSError, json.JSONDecodeError) as e:
@@ -167,7 +172,8 @@ def push_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lightning-emo push", description=push_main.__doc__,
         epilog="The token comes from HF_TOKEN or `hf auth login`; it is never printed. Only config.json, "
-               "model.safetensors and README.md are uploaded.")
+               "model.safetensors and README.md are uploaded. HF_ENDPOINT picks the Hub; each request waits at most "
+               "LIGHTNING_EMO_HUB_TIMEOUT seconds (default 60).")
     p.add_argument("folder", help="the exported folder (lightning-emo export --out)")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if needed)")
     p.add_argument("--private", action="store_true", help="create the repository private")
@@ -240,11 +246,23 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
                    help="override the model's face detector option, e.g. detect_every=1 (detect on every frame "
                         "instead of every 5th and tracking between); repeatable")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json/--csv files and timelines")
     args = p.parse_args(argv)
     if args.timeline and not (args.window > 0 and 0 < args.hop):
         p.error("--window and --hop must be positive")
     args.detector_options = {k: _yaml_value(v) for k, v in _pairs(args.detector_option, "--detector-option", p).items()}
     setup_logging()
+    # every output is known before any work: refuse existing ones (and two files given one timeline name)
+    outputs = [f for f in (args.json, args.csv) if f]
+    if args.timeline:
+        from lightning_emo.hub.timeline import timeline_paths
+
+        args.stems = [Path(args.out) / s for s in distinct_stems(args.files)]
+        outputs += [path for stem in args.stems for path in timeline_paths(stem, png=not args.no_plot)]
+    try:
+        check_outputs(outputs, args.overwrite)
+    except (OutputExistsError, ValueError) as e:
+        return _fail("infer", e)
     from lightning_emo.extractors.weights import set_offline
 
     previous = set_offline(True) if args.local_files_only else None  # extractor weights too, not only the model
@@ -304,17 +322,17 @@ def _infer_timeline(model, args) -> int:
     from lightning_emo.data.media import MediaError
     from lightning_emo.hub.timeline import write_timeline
 
-    out = Path(args.out)
     failed = 0
-    for f in args.files:
+    for f, stem in zip(args.files, args.stems):
         try:
             rows = list(model.timeline(f, window=args.window, hop=args.hop))
         except MediaError as e:
             print(f"lightning-emo infer: {e}", file=sys.stderr)
             failed += 1
             continue
-        written = write_timeline(rows, model.classes, model.modalities, out / Path(f).stem, png=not args.no_plot,
-                                 meta={"file": str(f), "model": args.model, "window": args.window, "hop": args.hop})
+        written = write_timeline(rows, model.classes, model.modalities, stem, png=not args.no_plot,
+                                 meta={"file": str(f), "model": args.model, "window": args.window, "hop": args.hop},
+                                 overwrite=args.overwrite)
         if not args.quiet:
             header = ["start", "end", "label", "confidence", *model.modalities, "missing"]
             table = [[f"{r.start:.1f}", f"{r.end:.1f}", r.prediction.label or "(none)",

@@ -407,9 +407,9 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
 
     def _build_extractor(self, m: str):
         """Rebuild modality ``m``'s frozen extractor from its spec (embedded weights materialised privately)."""
-        from lightning_emo.extractors.base import ExtractorSpec, WeightsNotFoundError
-        from lightning_emo.extractors.base import EXTRACTORS
+        from lightning_emo.extractors.base import EXTRACTORS, ExtractorSpec, WeightsNotFoundError
         from lightning_emo.extractors.runner import build_for_extraction
+        from lightning_emo.extractors.weights import WeightsDownloadError
 
         mc = self.config["modalities"][m]
         spec = ExtractorSpec.from_dict(mc["extractor"])
@@ -436,7 +436,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
                     extractor = build_for_extraction(spec.name, options, weights=path, fps=fps)
             else:
                 extractor = build_for_extraction(spec.name, options, fps=fps)
-        except WeightsNotFoundError as e:
+        except (WeightsNotFoundError, WeightsDownloadError) as e:
             raise RecognizerError(f"modality {m!r}: the weights of extractor {spec.name!r} are not available: "
                                   f"{e}") from None
         built = extractor.spec

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from lightning_emo.utils import atomic_path, atomic_write_text
+from lightning_emo.utils import atomic_path, atomic_write_text, check_outputs
 
 __all__ = ["WindowPrediction", "iter_timeline", "iter_windows", "plot_timeline", "timeline_csv", "write_timeline"]
 
@@ -195,11 +195,22 @@ def plot_timeline(rows: Sequence[WindowPrediction], classes: Sequence[str], moda
     return path
 
 
-def write_timeline(rows: Sequence[WindowPrediction], classes: Sequence[str], modalities: Sequence[str],
-                   out_stem: str | os.PathLike, png: bool = True, meta: dict | None = None) -> list[Path]:
-    """Write ``<stem>.timeline.csv``, ``<stem>.timeline.json`` (and ``.png``); returns the paths."""
+def timeline_paths(out_stem: str | os.PathLike, png: bool = True) -> list[Path]:
+    """The files :func:`write_timeline` writes for ``out_stem``: ``.timeline.csv``, ``.json`` (and ``.png``)."""
     stem = Path(out_stem)
-    csv_path, json_path, png_path = (stem.parent / f"{stem.name}.timeline.{ext}" for ext in ("csv", "json", "png"))
+    return [stem.parent / f"{stem.name}.timeline.{ext}" for ext in ("csv", "json", "png")[:3 if png else 2]]
+
+
+def write_timeline(rows: Sequence[WindowPrediction], classes: Sequence[str], modalities: Sequence[str],
+                   out_stem: str | os.PathLike, png: bool = True, meta: dict | None = None,
+                   overwrite: bool = True) -> list[Path]:
+    """Write ``<stem>.timeline.csv``, ``<stem>.timeline.json`` (and ``.png``); returns the paths.
+
+    With ``overwrite=False`` existing files are refused (:class:`~lightning_emo.utils.OutputExistsError`).
+    """
+    stem = Path(out_stem)
+    check_outputs(timeline_paths(stem, png), overwrite)
+    csv_path, json_path, png_path = timeline_paths(stem, png=True)
     atomic_write_text(csv_path, timeline_csv(rows, classes, modalities))
     doc = {**(meta or {}), "classes": list(classes), "windows": [r.to_dict() for r in rows]}
     atomic_write_text(json_path, json.dumps(doc, indent=1) + "\n")

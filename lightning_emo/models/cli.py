@@ -9,7 +9,11 @@ e.g. raw clips have no ``input_dim``, simply does not set it).
 
 Callbacks every run gets (each configurable under its own key):
 
-* ``checkpoint``: ``ModelCheckpoint`` on ``val/acc`` (mode max), plus ``last.ckpt``;
+* ``checkpoint``: ``ModelCheckpoint`` on ``val/acc`` (mode max), plus ``last.ckpt`` at the end of
+  every epoch (:class:`~lightning_emo.models.resume.EpochCheckpoint`); with the RNG states in it
+  and ``fit --ckpt_path last`` resuming in the same run directory, a resumed run ends where an
+  uninterrupted one would (:mod:`lightning_emo.models.resume`); SIGTERM stops after the current
+  batch with exit status 143 and says how to resume;
 * ``early_stopping``: ``EarlyStopping`` on ``val/acc`` (mode max, patience 20);
 * ``predictions``: :class:`~lightning_emo.models.writer.PredictionsWriter`, which makes
   ``predict`` write ``predictions.csv`` into the run directory (or ``--predictions.output``);
@@ -42,14 +46,23 @@ import sys
 from typing import Any
 
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_emo.console import is_interactive, quiet_upstream
 from lightning_emo.models.module import EmotionModule
+from lightning_emo.models.resume import (
+    SIGTERM_EXIT,
+    EpochCheckpoint,
+    KeepMetrics,
+    Preemption,
+    RngState,
+    resume_in_run_dir,
+)
 from lightning_emo.models.runs import LogProgressBar, place_loggers
 from lightning_emo.models.writer import PredictionsWriter
-from lightning_emo.utils import setup_logging
+from lightning_emo.utils import disk_full, setup_logging
 
 # datamodule attribute -> EmotionModule argument (same name)
 LINKED = ("num_classes", "classes", "input_dim", "modality", "extractor_spec", "class_counts")
@@ -88,10 +101,20 @@ class EmotionCLI(LightningCLI):
     read emotion posteriors (the fusion prior, ``predictions.csv``).
     """
 
+    def before_instantiate_classes(self) -> None:
+        self._resumed_run = None
+        if self.subcommand == "fit":
+            ckpt = resume_in_run_dir(self.config["fit"])
+            if ckpt is not None:
+                self._resumed_run = ckpt.parent.parent
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if not isinstance(self.model, EmotionModule):
             emotion_only = tuple(c for c in (PredictionsWriter, _fusion_callback()) if c is not None)
             callbacks = [c for c in callbacks if not isinstance(c, emotion_only)]
+        callbacks = [*callbacks, RngState(), Preemption()]
+        if getattr(self, "_resumed_run", None) is not None:
+            callbacks.append(KeepMetrics(self._resumed_run))
         quiet_upstream()
         stage = self.subcommand or "fit"
         place_loggers(config.get("logger"), stage, self.config.get(stage, {}).get("ckpt_path") if self.subcommand
@@ -101,6 +124,16 @@ class EmotionCLI(LightningCLI):
                 and not any(isinstance(c, ProgressBar) for c in given)):
             callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The parser of each subcommand, whose ``--help`` says that configs can be named."""
+        parser = super().init_parser(**kwargs)
+        for action in parser._actions:
+            if "--config" in action.option_strings:
+                action.help = ("a config file (json or yaml), or the name of a config shipped with the package "
+                               "(experiment/hubert.yaml, configs/model/blstm.yaml: `lightning-emo configs list`), "
+                               "used when no such local file exists; repeat to layer configs (later ones win)")
+        return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse with every ``--config`` resolved first: a shipped name (``experiment/hubert.yaml``) works from any folder."""
@@ -113,7 +146,7 @@ class EmotionCLI(LightningCLI):
             super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
@@ -155,7 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # LightningCLI reads sys.argv itself when it holds exactly these arguments (the console script,
     # and the processes DDP launches from it); passing them again only earns a warning
-    cli(None if argv == sys.argv[1:] else argv)
+    try:
+        cli(None if argv == sys.argv[1:] else argv)
+    except SIGTERMException:  # Lightning stopped after the current batch; Preemption said how to resume
+        return SIGTERM_EXIT
+    except OSError as e:  # a checkpoint write is atomic: the one it would have replaced is still there
+        full = disk_full(e, kept="every checkpoint written before (last.ckpt: the last completed epoch) is kept; "
+                                 "resume with --ckpt_path last once there is space")
+        if full is None:
+            raise
+        raise full from e
     return 0
 
 

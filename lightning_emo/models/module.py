@@ -660,9 +660,16 @@ class ExtractorFinetuning(BaseFinetuning):
         self.freeze(pl_module.extractor, train_bn=False)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
-        if epoch != self.unfreeze_at_epoch:
+        if epoch < self.unfreeze_at_epoch:
             return
         blocks = top_blocks(pl_module.extractor, self.layers)
+        if epoch > self.unfreeze_at_epoch:
+            if not any(p.requires_grad for b in blocks for p in b.parameters()):
+                # a run resumed after the unfreezing epoch: Lightning restored the blocks' parameter group
+                # (BaseFinetuning.on_fit_start) but setup() froze them again
+                self.make_trainable(blocks)
+                pl_module.train(pl_module.training)
+            return
         lr = self.lr if self.lr is not None else optimizer.param_groups[0]["lr"] / 10
         self.unfreeze_and_add_param_group(blocks, optimizer, lr=lr, train_bn=True)
         pl_module.train(pl_module.training)  # unfrozen blocks leave eval mode

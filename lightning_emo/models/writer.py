@@ -22,6 +22,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from pytorch_lightning.utilities import rank_zero_info
 
+from lightning_emo.utils import check_outputs
+
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
 
@@ -35,14 +37,21 @@ class PredictionsWriter(BasePredictionWriter):
         splits: keep only these splits (default: every split predicted; the datamodule's
             ``predict_splits`` decide which clips were predicted).
         include_missing: add empty rows for the clips the datamodule left out.
+        overwrite: replace an existing file (otherwise ``predict`` refuses it before predicting).
     """
 
-    def __init__(self, output: str | None = None, splits: list[str] | None = None, include_missing: bool = True):
+    def __init__(self, output: str | None = None, splits: list[str] | None = None, include_missing: bool = True,
+                 overwrite: bool = False):
         super().__init__(write_interval="epoch")
-        self.output = output
+        self.output, self.overwrite = output, overwrite
         self.splits = list(splits) if splits else None
         self.include_missing = include_missing
         self.last_path: Path | None = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = Path(self.output) if self.output else default_predictions_path(trainer.log_dir, trainer.ckpt_path)
+        if trainer.is_global_zero:
+            check_outputs([path], self.overwrite, flag="--predictions.overwrite true")
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:

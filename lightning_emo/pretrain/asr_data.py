@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_emo.data.manifest import ManifestError, sidecar_path
 from lightning_emo.registry import Registry
-from lightning_emo.utils import atomic_write_text, log
+from lightning_emo.utils import OutputExistsError, atomic_write_text, check_outputs, log
 
 ASR_COLUMNS = ("utt_id", "path", "transcript")
 ASR_OPTIONAL_COLUMNS = ("split", "speaker")
@@ -610,7 +610,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the ASR manifest CSV to write (a .json sidecar goes beside it)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV and its sidecar")
     args = parser.parse_args(argv)
+    try:
+        check_outputs([args.out, sidecar_path(args.out)], args.overwrite)
+    except OutputExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         manifest = assign_asr_splits(ASR_CORPORA.get(args.corpus)(args.root), args.val_fraction, args.seed)
         out = manifest.write(args.out)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lightning_emo.utils import atomic_write_text
+from lightning_emo.utils import atomic_write_text, check_outputs
 
 KINDS = ("auto", "speech", "face")
 
@@ -162,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", default="auto", choices=KINDS, help="checkpoint kind (default: recognised)")
     parser.add_argument("--license", default="", help="speech: license string stored in the file")
     parser.add_argument("--no-verify", action="store_true", help="skip loading the export back as an extractor")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its sidecar")
     args = parser.parse_args(argv)
     try:
         kind = args.kind if args.kind != "auto" else checkpoint_kind(_load_checkpoint(args.ckpt), args.ckpt)
+        check_outputs([args.out, sidecar(args.out, "vocab" if kind == "speech" else "identities")], args.overwrite)
         if kind == "speech":
             out = export_speech_dnn(args.ckpt, args.out, license=args.license, verify=not args.no_verify)
             extractor = "speech_bottleneck" if _has_bottleneck(out) else "speech_dnn"
