@@ -188,6 +188,7 @@ def run_protocol(p: Protocol) -> Any:
     single = p.folds.scheme == "split" and len(p.seeds) == 1
     log.info(manifest.summary())
     log.info(f"folds ({p.folds.scheme}): " + "; ".join(f.describe() for f in folds) + f"; seeds {p.seeds}")
+    _check_folds(manifest, folds, manifest_path)
     cross = prepare_cross(p.test_corpus, manifest, out) if p.test_corpus else None
     timings["corpus"] = time.perf_counter() - t
 
@@ -269,6 +270,21 @@ def run_protocol(p: Protocol) -> Any:
     return report if single else summary
 
 
+def _check_folds(manifest: Any, folds: list[Any], source: Path) -> None:
+    """Before extracting anything: training, LR fusion and scoring must all be possible in every fold."""
+    from lightning_emo.data.checks import check_splits
+    from lightning_emo.data.folds import fold_manifest
+
+    said: set[str] = set()
+    for fold in folds:
+        where = source if len(folds) == 1 else f"{source} (fold {fold.name})"
+        for warning in check_splits(fold_manifest(manifest, fold).clips, manifest.classes, "reproduce", where,
+                                    warn=False):
+            if warning not in said:
+                said.add(warning)
+                log.warning("WARNING: %s", warning)
+
+
 def _append_json_list(path: Path, item: dict[str, Any]) -> None:
     items = json.loads(path.read_text()) if path.is_file() else []
     atomic_write_text(path, json.dumps([*items, item], indent=2) + "\n")
@@ -324,6 +340,10 @@ def train_and_predict(name: str, manifest: Path, store: Path, runs: Path, config
     if last.is_file():
         log.info(f"{name}: resuming the interrupted training from {last}")
         args += ["--ckpt_path", str(last)]
+    elif (runs / name / "fit").exists():  # this protocol's own run, stopped before its first epoch ended
+        import shutil
+
+        shutil.rmtree(runs / name / "fit")
     import torch
 
     threads = torch.get_num_threads()

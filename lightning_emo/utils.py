@@ -68,12 +68,14 @@ class OutputExistsError(FileExistsError):
     ``--overwrite``) that allows replacing them.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], flag: str = "--overwrite", what: str = ""):
+    def __init__(self, paths: Sequence[str | os.PathLike], flag: str = "--overwrite", what: str = "",
+                 hint: str | None = None):
         self.paths = [str(p) for p in paths]
         shown = ", ".join(self.paths[:4]) + (f" and {len(self.paths) - 4} more" if len(self.paths) > 4 else "")
         verb = "exists" if len(self.paths) == 1 else "exist"
-        super().__init__(f"{what + ' ' if what else ''}{shown} already {verb}; nothing was written. Choose "
-                         f"another output path, or pass {flag} to replace {'it' if len(self.paths) == 1 else 'them'}.")
+        hint = hint or (f"Choose another output path, or pass {flag} to replace "
+                        f"{'it' if len(self.paths) == 1 else 'them'}.")
+        super().__init__(f"{what + ' ' if what else ''}{shown} already {verb}; nothing was written. {hint}")
 
 
 class OutputCollisionError(ValueError):
@@ -139,14 +141,18 @@ class DiskFullError(OSError):
     """The disk (or a file-size limit) ran out while writing; the message names the file and what was kept."""
 
 
-def disk_full(exc: OSError, path: str | os.PathLike | None = None, kept: str = "") -> DiskFullError | None:
-    """A :class:`DiskFullError` for ``exc`` if it is ENOSPC / EDQUOT / EFBIG, else None (re-raise ``exc`` then)."""
+def disk_full(exc: OSError, path: str | os.PathLike | None = None, kept: str = "",
+              then: str = "run the same command again") -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``exc`` if it is ENOSPC / EDQUOT / EFBIG, else None (re-raise ``exc`` then).
+
+    Its message: what ran out, the file being written, ``kept`` (what is still there) and ``then``.
+    """
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return None
     where = path or exc.filename or "a file"
     reason = {errno.EFBIG: "the file-size limit was reached"}.get(exc.errno, "the disk is full")
     err = DiskFullError(f"{reason} while writing {where}; {kept or 'nothing else was changed'}. "
-                        "Free some space (or write elsewhere) and run the same command again.")
+                        f"Free some space (or write elsewhere), then {then}.")
     err.errno, err.path = exc.errno, str(where)  # not OSError's filename: it would be appended to the message
     return err
 

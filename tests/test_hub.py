@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -118,6 +119,9 @@ def test_loads_offline_from_hf_cache_by_repo_id_and_pinned_revision(tiny, model,
     tensors = load_file(str(other / "model.safetensors"))
     tensors["heads.audio.output.bias"] = tensors["heads.audio.output.bias"] + 5.0 * torch.arange(len(CLASSES))
     save_file(tensors, str(other / "model.safetensors"))
+    config = json.loads((other / "config.json").read_text())  # a new export binds its config to its weights
+    config["weights"]["sha256"] = hashlib.sha256((other / "model.safetensors").read_bytes()).hexdigest()
+    (other / "config.json").write_text(json.dumps(config))
     new = make_hf_cache(cache, "org/tiny", {n: other / n for n in files})
     assert old != new
 

@@ -9,6 +9,7 @@ the slow subprocess test checks the variable alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -127,6 +128,9 @@ def test_push_to_a_branch_keeps_the_pinned_commit(tiny, hub, tmp_path, capsys):
     tensors = load_file(str(other / "model.safetensors"))
     tensors["heads.audio.output.bias"] = tensors["heads.audio.output.bias"] + 5.0 * torch.arange(len(CLASSES))
     save_file(tensors, str(other / "model.safetensors"))
+    config = json.loads((other / "config.json").read_text())  # a new export binds its config to its weights
+    config["weights"]["sha256"] = hashlib.sha256((other / "model.safetensors").read_bytes()).hexdigest()
+    (other / "config.json").write_text(json.dumps(config))
     rc, out, err = _run(["push", other, "--repo-id", "org/tiny", "--branch", "v2"], capsys)
     assert rc == 0, err
     assert hub.head("org/tiny", "main") == first and hub.head("org/tiny", "v2") != first

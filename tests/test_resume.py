@@ -288,3 +288,33 @@ def test_sigterm_during_fit_exits_143_keeping_the_last_completed_epoch(toy, tmp_
            f"completed epoch (1). Resume with: lightning-emo fit --config runs/toy/version_0/config.yaml " \
            f"--ckpt_path {last}" in caplog.text
     assert signal.getsignal(signal.SIGTERM) == before  # Lightning's handler is gone again
+
+
+@pytest.mark.slow
+def test_fit_on_a_full_disk_names_the_checkpoint_and_what_was_kept(toy, tmp_path):
+    import resource
+
+    def limit() -> None:  # writes past 30 kB fail with EFBIG: the real OSError path of a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "lightning_emo.cli", "fit", "--config", str(_config(toy, tmp_path))],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert result.returncode != 0
+    ckpt = "runs/toy/version_0/checkpoints/best-epoch=0"
+    assert f"the file-size limit was reached while writing {ckpt}" in result.stderr
+    assert "no checkpoint had been written yet" in result.stderr
+    assert not list((tmp_path / "runs" / "toy" / "version_0" / "checkpoints").glob("*.ckpt"))  # no torn file
+
+
+def test_fit_without_ckpt_path_refuses_a_named_version_that_holds_a_run(tmp_path):
+    from lightning_emo.models.resume import refuse_finished_run_dir
+    from lightning_emo.utils import OutputExistsError
+
+    config = _logger_config(tmp_path / "runs", version="mine")
+    refuse_finished_run_dir(config)  # nothing there yet
+    (tmp_path / "runs" / "toy" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "toy" / "mine" / "metrics.csv").write_text("epoch,step\n0,1\n")
+    with pytest.raises(OutputExistsError, match=r"run folder .*mine already exists; nothing was written\. Resume"):
+        refuse_finished_run_dir(config)
+    refuse_finished_run_dir(_logger_config(tmp_path / "runs"))  # no version named: a new folder, nothing to refuse

@@ -161,7 +161,7 @@ def test_extract_on_a_full_disk_names_the_file_and_what_was_kept(corpus, tmp_pat
     assert full.returncode == 1
     err = full.stderr
     assert "file-size limit was reached while writing" in err and "segments" in err and "Traceback" not in err
-    assert "keeps every clip committed before" in err and "a re-run resumes" in err
+    assert "keeps every clip committed before" in err and "resumes after the committed clips" in err
     kept = _committed(tmp_path / "features" / "mfcc")
     assert 0 < kept < 14
     again = _cli(args, tmp_path)  # with room again: resumes after the kept clips

@@ -173,11 +173,12 @@ def check_splits(
         if not sum(train.values()):
             refuse("train", f"no clips in split 'train': nothing to train on; {fix_splits}")
         absent = [c for c in classes if not train[c]]
-        if absent:
-            refuse("train", f"class(es) {', '.join(map(repr, absent))} have no training clips, so the model cannot "
-                   f"learn them and their recall is 0 by construction (training clips per class: "
-                   f"{', '.join(f'{c}={train[c]}' for c in classes)}); add clips of these classes to 'train', "
-                   f"{fix_splits}, or drop them from the class list (the manifest's .json sidecar)")
+        if absent and sum(train.values()):  # trainable, but those classes are never predicted: say so loudly
+            warnings.append(f"{source}: class(es) {', '.join(map(repr, absent))} have no training clips, so the "
+                            f"model cannot learn them and their recall is 0 by construction (training clips per "
+                            f"class: {', '.join(f'{c}={train[c]}' for c in classes)}); add clips of these classes "
+                            f"to 'train', {fix_splits}, or drop them from the class list (the manifest's .json "
+                            "sidecar)")
     if val_needed:
         val = by_split.get(val_split, Counter())
         if not sum(val.values()):

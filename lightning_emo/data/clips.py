@@ -33,6 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_emo.data.corpora.cheavd import CLASSES as CHEAVD_CLASSES
+from lightning_emo.data.checks import check_splits
+from lightning_emo.data.samplers import eval_sampler, padding_item
 from lightning_emo.data.manifest import SPLITS, Clip, Manifest, ManifestError, read_manifest, sidecar_path
 from lightning_emo.data.media import MediaError, MissingStreamError, load_audio, load_frames
 from lightning_emo.utils import log
@@ -150,6 +152,8 @@ class ClipDataset(Dataset):
             raise self._fail(clip, e) from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if index >= len(self.clips):  # a DDP rank's stand-in when there are fewer clips than ranks
+            return padding_item(self, index)
         clip = self.clips[index]
         path = self.manifest.media_path(clip)
         start, end = self.window(clip)
@@ -303,11 +307,17 @@ class ClipDataModule(pl.LightningDataModule):
         return ds
 
     def setup(self, stage: str | None = None) -> None:
-        self.manifest  # read (and validate) early, with a clear error
+        manifest = self.manifest  # read (and validate) early, with a clear error
+        if stage == "fit":  # before any work: a corpus that cannot train and select checkpoints is refused
+            check_splits(manifest.clips, manifest.classes, "train", manifest.source,
+                         warn=self.trainer is None or self.trainer.is_global_zero)
 
     def _loader(self, ds: ClipDataset, train: bool) -> DataLoader:
+        # evaluation under DDP: each clip on exactly one process, never a padded repeat (metrics count it once)
+        sampler = None if train else eval_sampler(ds, self.trainer)
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=train and self.shuffle, num_workers=self.num_workers,
+            ds, batch_size=self.batch_size, shuffle=train and self.shuffle, sampler=sampler,
+            num_workers=self.num_workers,
             collate_fn=collate_clips, pin_memory=self.pin_memory, drop_last=train and self.drop_last,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )

@@ -18,8 +18,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from lightning_emo.data.checks import check_splits
 from lightning_emo.data.manifest import Clip, read_manifest
-from lightning_emo.data.samplers import LengthBucketSampler
+from lightning_emo.data.samplers import LengthBucketSampler, eval_sampler, padding_item
 from lightning_emo.data.store import FeatureStore, FeatureStoreError, absent_message
 from lightning_emo.utils import log
 
@@ -43,6 +44,8 @@ class FeatureDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if i >= len(self.clips):  # a DDP rank's stand-in when there are fewer clips than ranks
+            return padding_item(self, i)
         clip = self.clips[i]
         item: dict[str, Any] = {"clip_id": clip.clip_id, "split": clip.split, "label": self.class_index[clip.label]}
         for name, store in self.stores.items():
@@ -259,6 +262,9 @@ class FeatureDataModule(pl.LightningDataModule):
     # ---- Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "fit":  # before any work: a corpus that cannot train and select checkpoints is refused
+            check_splits(self._clips["train"] + self._clips["val"] + self._clips["test"], self.classes, "train",
+                         self.manifest.source, warn=self.trainer is None or self.trainer.is_global_zero)
         for split in ("train", "val", "test"):
             self.datasets[split] = FeatureDataset(self.stores, self._clips[split], self.classes,
                                                   self.max_frames if split == "train" else None)
@@ -311,14 +317,20 @@ class FeatureDataModule(pl.LightningDataModule):
             return self._loader("train", sampler=sampler)
         return self._loader("train", shuffle=True)
 
+    # evaluation under DDP: each clip on exactly one process, never a padded repeat (metrics count it once)
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", sampler=self._eval_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", sampler=self._eval_sampler("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        return self._loader("predict", sampler=self._eval_sampler("predict"))
+
+    def _eval_sampler(self, name: str):
+        if name not in self.datasets:
+            self.setup()
+        return eval_sampler(self.datasets[name], self.trainer)
 
 
 __all__ = ["FeatureDataModule", "FeatureDataset", "collate_features"]

@@ -1,4 +1,4 @@
-"""Training samplers: batches of clips of similar length.
+"""Samplers: training batches of clips of similar length; evaluation under DDP seeing each clip once.
 
 A padded batch costs its longest clip times its size; random batches of variable-length clips
 waste much of that on padding (a CHEAVD-sized corpus: more than half of the frames of a random
@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 
 class LengthBucketSampler(Sampler[int]):
@@ -84,4 +85,48 @@ class LengthBucketSampler(Sampler[int]):
             yield from short.tolist()
 
 
-__all__ = ["LengthBucketSampler"]
+class EvalDistributedSampler(DistributedSampler):
+    """Rank ``r`` of ``w`` evaluates clips ``r, r + w, r + 2w, ...``: every clip exactly once over the processes.
+
+    ``DistributedSampler`` (what Lightning gives validation and test loaders) pads the last round
+    with repeated clips so every rank gets as many: 7 validation clips on 2 processes were scored
+    as 8. Ranks may here differ by one clip. A rank that would get none (fewer clips than ranks)
+    gets index ``len(dataset) + r``: the datasets answer such an index with a copy of clip
+    ``r % len`` labelled ``-1``, which losses, metrics and ``predictions.csv`` leave out (every DDP
+    rank must run at least one batch: the first evaluation forward synchronises buffers).
+    Lightning keeps a loader's sampler when it is a ``DistributedSampler`` already.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        n = len(dataset)
+        self.indices = list(range(rank, n, num_replicas)) or ([n + rank] if n else [])
+        self.num_samples = len(self.indices)
+        self.total_size = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def eval_sampler(dataset, trainer) -> EvalDistributedSampler | None:
+    """The evaluation sampler for ``dataset`` under a multi-process ``trainer``; None for one process."""
+    world = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    if world <= 1:
+        return None
+    return EvalDistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank)
+
+
+def padding_item(dataset, index: int) -> dict | None:
+    """For an index past the end (see :class:`EvalDistributedSampler`): a labelled-out copy of a clip, else None."""
+    n = len(dataset)
+    if index < n:
+        return None
+    item = dict(dataset[index % n])
+    item["label"] = -1
+    return item
+
+
+__all__ = ["LengthBucketSampler", "EvalDistributedSampler", "eval_sampler", "padding_item"]

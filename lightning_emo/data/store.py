@@ -10,7 +10,8 @@ A store is a directory per (corpus, extractor configuration)::
       segments/
         r0-3f2a9c1b.f16          rank 0's features: rows of D values, raw little-endian (np.memmap)
         r0-3f2a9c1b.mask         one byte per row: 1 = a real frame with content, 0 = no face found
-        r0-3f2a9c1b.json         the segment's committed index: rows, clip_id -> [offset, length, n_valid],
+        r0-3f2a9c1b.json         the segment's committed index: rows, dim, dtype, clip_id -> [offset, length,
+                                 n_valid], clip_id -> xxh3-64 checksum of its rows and mask bytes,
                                  clip_id -> reason for clips recorded without a sequence (no audio track)
       selector.safetensors       (derived stores only) the fitted feature selector
 
@@ -19,6 +20,14 @@ every few clips, fsyncs the data and then atomically replaces the segment's ``.j
 rows a committed ``.json`` lists are ever read, so a killed run loses at most the clips in
 flight and never leaves a corrupt entry; a re-run skips every committed clip. Readers merge
 the segment indexes (lazily, or from ``index.json`` when it is up to date).
+
+Integrity: opening a store checks every segment against ``store.json`` (``dim`` and ``dtype``
+as written, file sizes against the committed rows), so an edited ``dim`` is refused rather than
+reinterpreting the data; reading a clip checks its checksum (xxh3, far faster than the copy to
+float32 that follows), so flipped bytes are refused naming the clip. Writers refuse NaN/Inf
+features. Segments written before checksums existed get them recorded the first time the store
+is opened with no writer active, after their values are checked finite (trust on first use: a
+log line says so); until then they are read unverified.
 
 :mod:`lightning_emo.data.datamodule` batches stores for training; random-forest selection
 (:func:`lightning_emo.extractors.selection.select_features`) writes derived stores.
@@ -38,6 +47,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from lightning_emo.data.integrity import FeatureStoreError, check_segments, segment_checksums
+from lightning_emo.data.integrity import checksum as _checksum
 from lightning_emo.specs import ExtractorSpec
 from lightning_emo.utils import atomic_write_text, disk_full, log, sha256_file
 
@@ -56,10 +67,6 @@ DTYPES = ("float16", "float32")
 # Builder options that do not change the features (speed, where files are cached, a local weight
 # file's path: the file itself enters the key through its sha256).
 NON_CONTENT_OPTIONS = frozenset({"batch_size", "weights", "cache_dir", "local_files_only", "download"})
-
-
-class FeatureStoreError(RuntimeError):
-    """A store that cannot be used as asked; the message names the store and what was expected."""
 
 
 class StaleStoreError(FeatureStoreError):
@@ -163,6 +170,7 @@ class _Entry:
     offset: int  # first row
     length: int  # rows (frames)
     n_valid: int  # rows whose mask is True
+    checksum: str | None = None  # xxh3-64 of the rows' bytes then the mask's; None = written before checksums
 
 
 class FeatureStore:
@@ -354,7 +362,14 @@ class FeatureStore:
             return np.zeros((0, self.dim), self._dtype), np.zeros((0,), bool)
         e = self._entry(clip_id)
         feats, mask = self._arrays(e.segment)
-        return feats[e.offset:e.offset + e.length], mask[e.offset:e.offset + e.length]
+        feats, mask = feats[e.offset:e.offset + e.length], mask[e.offset:e.offset + e.length]
+        if e.checksum is not None and _checksum(feats, mask) != e.checksum:
+            raise FeatureStoreError(
+                f"feature store {self.path}: clip {clip_id!r} (segment {self._segments[e.segment]}, rows "
+                f"{e.offset}-{e.offset + e.length - 1}) does not match the checksum written with it: its bytes "
+                "changed on disk (a damaged or edited file). Re-run extract into a new directory (or with "
+                "--overwrite) to rebuild the store")
+        return feats, mask
 
     def _arrays(self, seg: int) -> tuple[np.ndarray, np.ndarray]:
         arrays = self._maps.get(seg)
@@ -405,8 +420,13 @@ class FeatureStore:
                 index = None
             if index is not None and index.get("stamps") != stamp:
                 index = None
+        if index is not None and "dims" not in index:  # written before segments recorded dim/dtype
+            index = None
         if index is None:
             index = self._merge_segments(listing, stamp)
+            if index["unchecked"]:
+                index = self._record_checksums(listing, index)
+        self._check_segments(index)
         self._segments = list(index["segments"])
         self._rows = list(index["rows"])
         self._entries = {cid: _Entry(*e) for cid, e in index["clips"].items()}
@@ -415,7 +435,7 @@ class FeatureStore:
         self._maps = {}
 
     def _merge_segments(self, listing: list[Path], stamp: dict[str, list[int]]) -> dict[str, Any]:
-        segments, rows, clips, missing, dup = [], [], {}, {}, 0
+        segments, rows, dims, dtypes, clips, missing, dup, unchecked = [], [], [], [], {}, {}, 0, []
         for p in listing:
             try:
                 seg = json.loads(p.read_text())
@@ -425,18 +445,55 @@ class FeatureStore:
             i = len(segments)
             segments.append(p.stem)
             rows.append(int(seg["rows"]))
+            dims.append(seg.get("dim"))
+            dtypes.append(seg.get("dtype"))
+            sums = seg.get("checksums")
+            if sums is None and seg["clips"]:
+                unchecked.append(p.stem)
             for cid, (offset, length, n_valid) in seg["clips"].items():
                 if cid in clips or cid in missing:
                     dup += 1
                     continue
-                clips[cid] = [i, offset, length, n_valid]
+                clips[cid] = [i, offset, length, n_valid, (sums or {}).get(cid)]
             for cid, reason in seg.get("missing", {}).items():
                 if cid in clips or cid in missing:
                     dup += 1
                     continue
                 missing[cid] = reason
-        return {"format": STORE_FORMAT, "segments": segments, "rows": rows, "stamps": stamp, "clips": clips,
-                "missing": missing, "duplicates": dup}
+        return {"format": STORE_FORMAT, "segments": segments, "rows": rows, "dims": dims, "dtypes": dtypes,
+                "stamps": stamp, "clips": clips, "missing": missing, "duplicates": dup, "unchecked": unchecked}
+
+    def _check_segments(self, index: Mapping[str, Any]) -> None:
+        check_segments(self.path / SEGMENTS_DIR, STORE_FILE, self.dim, self._dtype, index)
+
+    def _record_checksums(self, listing: list[Path], index: dict[str, Any]) -> dict[str, Any]:
+        """Give segments written before checksums existed theirs (values checked finite first); see the module doc.
+
+        Only with no writer active (the exclusive lock); otherwise they stay unverified for now.
+        """
+        lock = _StoreLock(self.path, exclusive=True)
+        if not lock.acquired:
+            log.warning(f"feature store {self.path}: {len(index['unchecked'])} segment(s) written before checksums "
+                        "existed are read unverified (a writer is active: they are recorded when none is)")
+            return index
+        try:
+            done = 0
+            for p in (q for q in listing if q.stem in set(index["unchecked"])):
+                seg = json.loads(p.read_text())
+                seg["checksums"] = segment_checksums(self.path / SEGMENTS_DIR, p.stem, seg, STORE_FILE, self.dim,
+                                                     self._dtype)
+                try:
+                    _atomic_write_synced(p, json.dumps(seg) + "\n")
+                except OSError as e:  # a read-only store: verified this time, recorded never
+                    log.warning(f"feature store {self.path}: cannot record checksums in {p.name} ({e}); its clips "
+                                "are read unverified")
+                    return index
+                done += len(seg["checksums"])
+            log.info(f"feature store {self.path}: recorded checksums of {done} clip(s) written before checksums "
+                     "existed (their values were checked finite; later changes to their bytes are now refused)")
+        finally:
+            lock.release()
+        return self._merge_segments(listing, {p.stem: _stat_stamp(p) for p in listing})
 
     def merge(self, cleanup: bool = True) -> Path:
         """Write the merged ``index.json`` (call once every writer has closed, e.g. on rank 0 after a barrier).
@@ -652,6 +709,7 @@ class StoreWriter:
         self.no_valid = 0
         self._done: set[str] = set()
         self._pending: list[tuple[str, np.ndarray | None, np.ndarray | None, str | None]] = []
+        self._seg_sums: dict[str, str] = {}
         self._last_commit = time.monotonic()
         self._seg: str | None = None
         self._seg_rows = 0
@@ -683,8 +741,13 @@ class StoreWriter:
         if features.ndim != 2 or features.shape[1] != self.store.dim:
             raise ValueError(f"feature store {self.store.path}: clip {clip_id!r}: expected features "
                              f"(T, {self.store.dim}), got shape {tuple(features.shape)}")
-        if not np.isfinite(features).all():
-            raise ValueError(f"feature store {self.store.path}: clip {clip_id!r}: features contain NaN or inf")
+        finite = np.isfinite(features)
+        if not finite.all():
+            frame, column = (int(v[0]) for v in np.nonzero(~finite))
+            raise ValueError(f"feature store {self.store.path}: clip {clip_id!r}: its features hold "
+                             f"{int((~finite).sum())} NaN/infinite value(s) (first at frame {frame}, column "
+                             f"{column}); nothing of it was written. The extractor produced them from this "
+                             "clip's media: check the file, or skip it with --on-error warn")
         if mask is None:
             mask = np.ones(len(features), bool)
         if isinstance(mask, torch.Tensor):
@@ -729,16 +792,17 @@ class StoreWriter:
         seg_dir.mkdir(parents=True, exist_ok=True)
         if self._seg is None or len(self._seg_clips) + len(self._seg_missing) >= self.segment_clips:
             self._seg = f"r{self.rank}-{uuid.uuid4().hex[:8]}"
-            self._seg_rows, self._seg_clips, self._seg_missing = 0, {}, {}
+            self._seg_rows, self._seg_clips, self._seg_missing, self._seg_sums = 0, {}, {}, {}
         base = seg_dir / self._seg
         data_path, mask_path = base.with_suffix(_data_suffix(self.store.dtype)), base.with_suffix(".mask")
         row_bytes = self.store.dim * self.store.dtype.itemsize
-        clips, missing = dict(self._seg_clips), dict(self._seg_missing)
+        clips, missing, sums = dict(self._seg_clips), dict(self._seg_missing), dict(self._seg_sums)
         rows = self._seg_rows
         try:
-            rows = self._append(data_path, mask_path, rows, row_bytes, clips, missing)
+            rows = self._append(data_path, mask_path, rows, row_bytes, clips, missing, sums)
             index = {"format": STORE_FORMAT, "segment": self._seg, "rank": self.rank, "dim": self.store.dim,
-                     "dtype": str(self.store.dtype), "rows": rows, "clips": clips, "missing": missing}
+                     "dtype": str(self.store.dtype), "rows": rows, "clips": clips, "checksums": sums,
+                     "missing": missing}
             _atomic_write_synced(base.with_suffix(".json"), json.dumps(index) + "\n")
             _fsync_dir(seg_dir)
         except OSError as e:
@@ -746,8 +810,8 @@ class StoreWriter:
             full = disk_full(e, e.filename or data_path,
                              kept=f"the store {self.store.path} keeps every clip committed before "
                                   f"({committed} by this run, {len(self.store)} before it); the "
-                                  f"{len(self._pending)} clips in flight were not written, and a re-run resumes "
-                                  "after the committed ones")
+                                  f"{len(self._pending)} clips in flight were not written",
+                             then="run the same command again: it resumes after the committed clips")
             if full is None:
                 raise
             raise full from e
@@ -757,11 +821,12 @@ class StoreWriter:
             else:
                 self.written += 1
                 self.no_valid += int(not mask.any())
-        self._seg_rows, self._seg_clips, self._seg_missing = rows, clips, missing
+        self._seg_rows, self._seg_clips, self._seg_missing, self._seg_sums = rows, clips, missing, sums
         self._pending = []
         self._last_commit = time.monotonic()
 
-    def _append(self, data_path: Path, mask_path: Path, rows: int, row_bytes: int, clips: dict, missing: dict) -> int:
+    def _append(self, data_path: Path, mask_path: Path, rows: int, row_bytes: int, clips: dict, missing: dict,
+                sums: dict) -> int:
         """Append the queued clips' rows after the committed ``rows``, fsynced; returns the new row count."""
         with open(data_path, "ab") as fd, open(mask_path, "ab") as fm:
             # A previous commit of this writer that failed half-way may have left rows past the index.
@@ -776,6 +841,7 @@ class StoreWriter:
                 fd.write(data.tobytes())
                 fm.write(mask.astype(np.uint8).tobytes())
                 clips[clip_id] = [rows, int(data.shape[0]), int(mask.sum())]
+                sums[clip_id] = _checksum(data, mask)
                 rows += data.shape[0]
             fd.flush()
             fm.flush()

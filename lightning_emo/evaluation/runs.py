@@ -109,9 +109,7 @@ def _cross_predictions(val_csv: Path, test_csv: Path, prefix: str):
     from lightning_emo.data.predictions import Predictions, read_predictions
 
     val = read_predictions(val_csv).split("val")
-    test = read_predictions(test_csv).split("test")
-    if list(val.classes) != list(test.classes):
-        raise ValueError(f"{test_csv}: classes {test.classes} differ from {val_csv}'s {val.classes}")
+    test = read_predictions(test_csv).split("test").reordered(val.classes, val_csv)  # by name, or refused
     return Predictions(val.clip_ids + [f"{prefix}:{c}" for c in test.clip_ids], val.splits + test.splits,
                        val.labels + test.labels, np.concatenate([val.probs, test.probs]), list(val.classes),
                        str(test_csv))

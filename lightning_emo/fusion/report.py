@@ -506,6 +506,11 @@ def fuse_report(
                                f"file (needed to fit and score): {', '.join(map(repr, unlabelled[:5]))}",
                                ref.line_of(unlabelled[0]), "label")
     C = len(classes)
+    from lightning_emo.data.checks import check_splits
+
+    # LR (alone or in a cascade) cannot fit on one class; a prior measured on one class says little
+    use = "lr_fusion" if any(r == "lr" or r.startswith("cascade") for r in expand_rules(rules)) else "prior"
+    check_splits(zip(base.splits, labels), classes, use, ref.source, val_split=val_split, test_split=test_split)
 
     singles = []
     for name, p in aligned.items():

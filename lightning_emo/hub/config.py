@@ -34,8 +34,18 @@ An exported recognizer is a directory in the Hugging Face Hub layout::
       },
       "fusion": null | {"inputs": ["video", "audio"], "rule": "prior", "state": {...FusionRule.state_dict()}},
       "metrics": {"val": {...}, "test": {...}},      # free-form: what the card's table shows
-      "corpus": {"name": "synthetic", ...}, "split_protocol": "...", "license": "apache-2.0"
+      "corpus": {"name": "synthetic", ...}, "split_protocol": "...", "license": "apache-2.0",
+      "weights": {"file": "model.safetensors", "sha256": "..."}   # binds this config to its weights
     }
+
+Binding and ranges: ``save_pretrained`` records the SHA-256 of the ``model.safetensors`` it
+wrote in ``weights``; loading checks it (:func:`check_weights_digest`), so weights from another
+export or with flipped bytes are refused. A folder without ``weights`` (exported before the
+binding existed) still loads, with a warning that nothing binds its files: re-save it with
+``save_pretrained`` to bind them. Every scalar field has a type and a range (:data:`FIELDS`,
+:func:`check_fields`): string numbers, booleans for integers, NaN/Infinity and absurd sizes
+(``fps: 1e9``) are refused with the field's path, as is JSON nested deeper than
+:data:`MAX_DEPTH` (:func:`parse_config`).
 
 The fusion rule sees the raw head posteriors (what it was fitted on, from ``predictions.csv``);
 ``temperature`` only rescales the per-modality posteriors a prediction reports.
@@ -44,8 +54,12 @@ The fusion rule sees the raw head posteriors (what it was fitted on, from ``pred
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+import os
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 FORMAT = "lightning_emo.recognizer"
@@ -92,6 +106,237 @@ def _need(d: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, .
     return value
 
 
+# --------------------------------------------------------------------------- field schema
+
+_INT, _NUM, _STR, _DICT, _LIST, _NONE = "integer", "number", "string", "object", "list", "null"
+MAX_DEPTH = 32  # deeper JSON is refused before anything recurses over it
+# path (``*`` = any key) -> (allowed kinds, interval or None); absent optional fields pass
+FIELDS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "format": ((_STR,), None),
+    "format_version": ((_INT,), "[1, 1000]"),
+    "name": ((_STR, _NONE), None),
+    "description": ((_STR, _NONE), None),
+    "split_protocol": ((_STR, _NONE), None),
+    "license": ((_STR, _NONE), None),
+    "classes": ((_LIST,), None),
+    "modalities": ((_DICT,), None),
+    "metrics": ((_DICT,), None),
+    "corpus": ((_DICT,), None),
+    "weights": ((_DICT, _NONE), None),
+    "weights.file": ((_STR,), None),
+    "weights.sha256": ((_STR,), None),
+    "modalities.*": ((_DICT,), None),
+    "modalities.*.extractor": ((_DICT,), None),
+    "modalities.*.extractor.name": ((_STR,), None),
+    "modalities.*.extractor.modality": ((_STR,), None),
+    "modalities.*.extractor.dim": ((_INT,), "[1, 1_048_576]"),
+    "modalities.*.extractor.sample_rate": ((_INT, _NONE), "[1000, 384_000]"),
+    "modalities.*.extractor.frame_rate": ((_NUM, _NONE), "(0, 1000]"),
+    "modalities.*.extractor.crop_size": ((_INT, _NONE), "[8, 2048]"),
+    "modalities.*.extractor.options": ((_DICT, _NONE), None),
+    "modalities.*.extractor.options.fps": ((_NUM, _NONE), "(0, 1000]"),
+    "modalities.*.extractor.options.crop_size": ((_INT, _NONE), "[8, 2048]"),
+    "modalities.*.extractor.options.batch_size": ((_INT, _NONE), "[1, 4096]"),
+    "modalities.*.head": ((_DICT,), None),
+    "modalities.*.head.name": ((_STR,), None),
+    "modalities.*.head.input_dim": ((_INT,), "[1, 1_048_576]"),
+    "modalities.*.head.num_classes": ((_INT,), "[2, 10_000]"),
+    "modalities.*.head.hidden_dim": ((_INT,), "[1, 65_536]"),
+    "modalities.*.head.dropout": ((_NUM,), "[0, 1)"),
+    "modalities.*.head.options": ((_DICT, _NONE), None),
+    "modalities.*.head.options.layers": ((_INT, _NONE), "[1, 1024]"),
+    "modalities.*.head.options.frame_pool": ((_INT,), "[1, 10_000]"),
+    "modalities.*.input": ((_DICT,), None),
+    "modalities.*.input.fps": ((_NUM,), "(0, 1000]"),
+    "modalities.*.input.sample_rate": ((_INT,), "[1000, 384_000]"),
+    "modalities.*.input.detector": ((_DICT,), None),
+    "modalities.*.input.detector.name": ((_STR,), None),
+    "modalities.*.input.detector.options": ((_DICT, _NONE), None),
+    "modalities.*.feature_dtype": ((_STR,), None),
+    "modalities.*.selector": ((_DICT, _NONE), None),
+    "modalities.*.selector.k": ((_INT,), "[1, 1_048_576]"),
+    "modalities.*.selector.dim": ((_INT,), "[1, 1_048_576]"),
+    "modalities.*.temperature": ((_NUM, _NONE), "(0, 1000]"),
+    "modalities.*.embedded": ((_DICT, _NONE), None),
+    "modalities.*.metrics": ((_DICT,), None),
+    "modalities.*.checkpoint": ((_DICT,), None),
+    "fusion": ((_DICT, _NONE), None),
+    "fusion.inputs": ((_LIST,), None),
+    "fusion.rule": ((_STR,), None),
+    "fusion.state": ((_DICT,), None),
+    "fusion.state.n_models": ((_INT,), "[1, 16]"),
+    "fusion.state.n_classes": ((_INT,), "[2, 10_000]"),
+}
+# numbers in free-form option objects (extractor, head, detector, selector params) stay within this
+OPTION_LIMIT = 1e7
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return _NONE
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return _INT
+    if isinstance(value, float):
+        return _NUM
+    if isinstance(value, str):
+        return _STR
+    if isinstance(value, dict):
+        return _DICT
+    if isinstance(value, list):
+        return _LIST
+    return type(value).__name__
+
+
+def _resolve(cfg: Any, pattern: str) -> list[tuple[str, Any]]:
+    """``(path, value)`` of every field matching ``pattern`` (``*`` = any key of an object)."""
+    found = [("", cfg)]
+    for part in pattern.split("."):
+        nxt = []
+        for path, node in found:
+            if not isinstance(node, dict):
+                continue
+            keys = list(node) if part == "*" else [part] if part in node else []
+            nxt += [(f"{path}.{k}" if path else str(k), node[k]) for k in keys]
+        found = nxt
+    return found
+
+
+def check_fields(cfg: Mapping[str, Any], source: str = "config.json") -> None:
+    """Check every field of :data:`FIELDS` (type and interval) and that every number is finite.
+
+    Raises:
+        RecognizerError: naming the field's path, what it holds and what is expected.
+    """
+    _check_depth(cfg, source)
+    for pattern, (kinds, interval) in FIELDS.items():
+        for path, value in _resolve(cfg, pattern):
+            kind = _kind(value)
+            if not (kind in kinds or (kind == _INT and _NUM in kinds)):
+                hint = " (a number written as a string: drop the quotes)" if kind == _STR and _looks_numeric(value) \
+                    else ""
+                raise RecognizerError(f"{source}: {path} must be {' or '.join(kinds)}, got {kind} {value!r}{hint}")
+            if kind in (_INT, _NUM) and interval is not None and not _inside(value, interval):
+                raise RecognizerError(f"{source}: {path} = {value!r} is out of range (expected a value in {interval})")
+    for path, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise RecognizerError(f"{source}: {path} is {value}: every number must be finite")
+        if (".options." in f".{path}." or ".params." in f".{path}.") and abs(value) > OPTION_LIMIT:
+            raise RecognizerError(f"{source}: {path} = {value!r} is out of range (|value| <= {OPTION_LIMIT:g})")
+
+
+def _inside(value: float, interval: str) -> bool:
+    """``value`` in an interval written ``"[1, 10]"``, ``"(0, 1000]"``, ``"[0, 1)"``."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    if not math.isfinite(value):
+        return False
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _numbers(node: Any, path: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(node, float) or (isinstance(node, int) and not isinstance(node, bool)):
+        yield path, float(node)
+
+
+def _check_depth(cfg: Any, source: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH`, without recursing (a 100k-deep file stays cheap)."""
+    stack = [(cfg, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RecognizerError(f"{source}: nested more than {MAX_DEPTH} levels deep: not a recognizer config")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+
+
+def parse_config(text: str | bytes, source: str | os.PathLike = CONFIG_NAME) -> dict[str, Any]:
+    """Parse ``config.json`` text: NaN/Infinity refused, nesting bounded before ``json`` recurses.
+
+    Raises:
+        RecognizerError: naming the file and what is wrong.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecognizerError(f"{source}: not UTF-8 text ({e})") from None
+    depth = 0
+    in_string = escaped = False
+    for ch in text:  # bracket depth outside strings; json's recursive decoder would overflow first
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecognizerError(f"{source}: nested more than {MAX_DEPTH} levels deep: not a recognizer config")
+        elif ch in "]}":
+            depth -= 1
+
+    def constant(name: str):
+        raise RecognizerError(f"{source}: {name} is not a number JSON allows; every number must be finite")
+
+    try:
+        data = json.loads(text, parse_constant=constant)
+    except json.JSONDecodeError as e:
+        raise RecognizerError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise RecognizerError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_weights_digest(config: Mapping[str, Any], weights_file: str | os.PathLike,
+                         config_file: str | os.PathLike = CONFIG_NAME) -> bool:
+    """Check ``model.safetensors`` against the digest ``config.json`` records; False when none is recorded.
+
+    Raises:
+        RecognizerError: the digests differ (the files come from different exports, or bytes changed).
+    """
+    recorded = config.get("weights")
+    if not recorded:
+        return False
+    found = file_sha256(weights_file)
+    if found != recorded.get("sha256"):
+        raise RecognizerError(f"{weights_file}: its SHA-256 ({found[:16]}...) is not the one {config_file} records "
+                              f"({str(recorded.get('sha256'))[:16]}...): these weights are not the ones this config "
+                              "was saved with (another export, or damaged bytes). Download or export the folder again")
+    return True
+
+
 def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Check a recognizer config (see the module docstring) and return a normalised deep copy.
 
@@ -102,6 +347,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(config, Mapping):
         raise RecognizerError(f"config must be a JSON object, got {type(config).__name__}")
+    check_fields(config)
     cfg = copy.deepcopy(dict(config))
     if cfg.get("format") != FORMAT:
         raise RecognizerError(f"config.json: format is {cfg.get('format')!r}, expected {FORMAT!r} (not a "
@@ -129,7 +375,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         cfg.setdefault(key, {})
         if not isinstance(cfg[key], dict):
             raise RecognizerError(f"config.json: {key} must be an object, got {type(cfg[key]).__name__}")
-    for key in ("name", "description", "split_protocol", "license"):
+    for key in ("name", "description", "split_protocol", "license", "weights"):
         cfg.setdefault(key, None)
     return cfg
 

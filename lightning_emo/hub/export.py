@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from lightning_emo.data.checks import match_classes
 from lightning_emo.hub.config import (
     DEFAULT_FUSION_ORDER,
     FEATURE_DTYPES,
@@ -29,6 +30,7 @@ from lightning_emo.hub.config import (
     RecognizerError,
     modality_name,
 )
+from lightning_emo.models.heads import reorder_output_rows
 from lightning_emo.utils import log
 
 __all__ = ["build_from_checkpoints", "protocol_parts", "read_checkpoint", "read_fusion_file",
@@ -242,12 +244,17 @@ def build_from_checkpoints(
         if modality_name(hp["modality"]) != m:
             raise RecognizerError(f"{path}: a {hp['modality']} model given as the {m} checkpoint")
         ck_classes = [str(c) for c in hp["classes"]]
-        if classes is None:
-            classes = ck_classes
-        elif ck_classes != classes:
-            raise RecognizerError(f"{path}: classes {ck_classes} differ from the other checkpoint's {classes}")
-        spec = ExtractorSpec.from_dict(hp["extractor_spec"]).to_dict()
         state = ckpt["state_dict"]
+        if classes is None:
+            classes, first = ck_classes, path
+        else:  # the same classes in another order: this head's output rows are put in the first's order
+            index = match_classes(ck_classes, classes, path, first, what="checkpoints of one recognizer",
+                                  error=_ClassesError)
+            if index is not None:
+                state = dict(state)
+                reorder_output_rows(state, index)
+                ck_classes = list(classes)
+        spec = ExtractorSpec.from_dict(hp["extractor_spec"]).to_dict()
         head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
         if not head_state:
             raise RecognizerError(f"{path}: no head.* weights in the state dict")
@@ -285,8 +292,8 @@ def build_from_checkpoints(
     _attach_metrics(cfg)
     if manifest is not None:
         man_corpus, text, man_classes = split_protocol_from_manifest(manifest)
-        if man_classes != classes:
-            raise RecognizerError(f"manifest {manifest}: classes {man_classes} differ from the checkpoints' {classes}")
+        # the manifest gives the split protocol only: its class order does not matter, its class set does
+        match_classes(man_classes, classes, manifest, first, what="manifest vs checkpoints", error=_ClassesError)
         cfg["corpus"].update(man_corpus)
         if cfg["split_protocol"] is None:
             cfg["split_protocol"] = text
@@ -297,6 +304,13 @@ def build_from_checkpoints(
     if metrics:
         _merge(cfg["metrics"], json.loads(json.dumps(metrics)))
     return cfg, tensors
+
+
+class _ClassesError(RecognizerError):
+    """A class-list mismatch between the parts of an export (message from :func:`match_classes`)."""
+
+    def __init__(self, file, message):
+        super().__init__(f"{file}: {message}")
 
 
 def _version() -> str:
@@ -454,9 +468,9 @@ def _attach_fusion(cfg: dict[str, Any], fusion: Any, fusion_inputs: Sequence[str
         rule_from_state_dict(state)
     except (KeyError, ValueError, TypeError) as e:
         raise RecognizerError(f"the fusion state does not load ({type(e).__name__}: {e})") from None
-    if data.get("classes") is not None and list(data["classes"]) != classes:
-        raise RecognizerError(f"the fusion rule was fitted on classes {data['classes']}, the checkpoints have "
-                              f"{classes}")
+    if data.get("classes") is not None:  # a fitted rule indexes classes by position: same order or refused
+        match_classes([str(c) for c in data["classes"]], classes, data.get("path") or "the fusion rule",
+                      "the checkpoints", reorder=False, what="fusion rule vs checkpoints", error=_ClassesError)
     if state.get("n_classes") != len(classes):
         raise RecognizerError(f"the fusion rule was fitted on {state.get('n_classes')} classes, the checkpoints have "
                               f"{len(classes)}")

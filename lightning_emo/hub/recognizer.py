@@ -46,6 +46,9 @@ from lightning_emo.hub.config import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     RecognizerError,
+    check_weights_digest,
+    file_sha256,
+    parse_config,
     validate_config,
 )
 from lightning_emo.utils import atomic_path, atomic_write_text, log
@@ -257,6 +260,11 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
                       if k in tensors and shape and tuple(tensors[k].shape) != shape}
         if missing or unexpected or mismatched:
             raise StrictLoadError(source, missing, unexpected, mismatched)
+        for key, value in tensors.items():  # NaN weights predict confidently: refuse them by name
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise RecognizerError(f"{source}: tensor {key!r} holds {bad} NaN/infinite value(s) of "
+                                      f"{value.numel()}: the weights are damaged; export or download them again")
         own = set(self.state_dict())
         self.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=True)
         self._embedded = {}
@@ -276,7 +284,12 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(save_directory / WEIGHTS_NAME) as tmp:
-            save_file(self.tensors(), str(tmp), metadata={"format": "pt", "lightning_emo": "recognizer"})
+            # the class order the heads were saved in travels inside the weights file too (checked on load)
+            save_file(self.tensors(), str(tmp), metadata={"format": "pt", "lightning_emo": "recognizer",
+                                                          "classes": json.dumps(self.classes)})
+            digest = file_sha256(tmp)
+        # config.json names the exact weights file it goes with (checked on load)
+        self.config["weights"] = {"file": WEIGHTS_NAME, "sha256": digest}
         atomic_write_text(save_directory / CARD_NAME, str(self.generate_model_card()))
         atomic_write_text(save_directory / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=False) + "\n")
 
@@ -331,9 +344,18 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         if model_kwargs:
             raise TypeError(f"Recognizer.from_pretrained got unexpected arguments: {', '.join(model_kwargs)}")
         kind, target, rev = resolve_reference(pretrained_model_name_or_path, revision, zoo=zoo)
-        return cls._from_pretrained(model_id=target if kind == "hub" else str(target), revision=rev,
-                                    cache_dir=cache_dir, force_download=force_download,
-                                    local_files_only=local_files_only, token=token, map_location=map_location)
+        model = cls._from_pretrained(model_id=target if kind == "hub" else str(target), revision=rev,
+                                     cache_dir=cache_dir, force_download=force_download,
+                                     local_files_only=local_files_only, token=token, map_location=map_location)
+        name = str(pretrained_model_name_or_path)
+        if not os.path.isdir(name) and name in zoo_mod.entry_names(zoo):  # the zoo's listing must tell the truth
+            from lightning_emo.data.checks import match_classes
+
+            entry = zoo_mod.get_entry(name, zoo)
+            match_classes(entry.classes, model.classes, entry.file or name, model.source.get("path") or
+                          model.source.get("repo_id") or name, what=f"zoo entry {name!r} vs its model",
+                          error=_ClassesError)
+        return model
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | os.PathLike | None,
@@ -351,12 +373,14 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
             config_file, weights_file, commit = _download(model_id, revision, cache_dir, force_download,
                                                           local_files_only, token)
             source = {"repo_id": model_id, "revision": commit or revision}
-        try:
-            config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RecognizerError(f"{config_file}: not valid JSON ({e})") from None
+        config = parse_config(Path(config_file).read_bytes(), config_file)
         model = cls(config)
-        model.load_tensors(_read_safetensors(weights_file), source=str(weights_file))
+        model.load_tensors(_read_safetensors(weights_file), source=str(weights_file))  # keys, shapes, finite
+        _check_weight_classes(model.classes, weights_file, config_file)
+        if not check_weights_digest(model.config, weights_file, config_file):
+            log.warning("%s records no digest of %s (exported before configs were bound to their weights): "
+                        "nothing checks that the two belong together; re-save it with save_pretrained to bind them",
+                        config_file, WEIGHTS_NAME)
         model.source = source
         model.hub_options = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         return model.to(map_location)
@@ -659,6 +683,30 @@ def resample_frames(frames: torch.Tensor, fps: float | None, target: float | Non
     n = max(1, int(math.ceil(duration * float(target) - 1e-6)))
     idx = np.minimum(np.round(np.arange(n) / float(target) * float(fps)).astype(np.int64), len(frames) - 1)
     return frames[torch.as_tensor(idx)]
+
+
+def _check_weight_classes(classes: list[str], weights_file: Path, config_file: Path) -> None:
+    """The class order ``model.safetensors`` was saved with must be ``config.json``'s, name by name."""
+    from safetensors import safe_open
+
+    from lightning_emo.data.checks import match_classes
+
+    with safe_open(str(weights_file), "pt") as f:
+        meta = f.metadata() or {}
+    if "classes" not in meta:
+        return  # saved before the class list travelled with the weights
+    try:
+        saved = json.loads(meta["classes"])
+    except json.JSONDecodeError:
+        raise RecognizerError(f"{weights_file}: the 'classes' metadata is not a JSON list") from None
+    # heads and the fusion state index classes by position: another order cannot be reordered here
+    match_classes(saved, classes, weights_file, config_file, reorder=False, error=_ClassesError,
+                  what="the heads' class order")
+
+
+class _ClassesError(RecognizerError):
+    def __init__(self, file, message):
+        super().__init__(f"{file}: {message}")
 
 
 def _read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

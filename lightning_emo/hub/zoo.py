@@ -25,7 +25,6 @@ resolves names to folders and Hub repositories and knows nothing of the recogniz
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -35,7 +34,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from lightning_emo.hub.config import CONFIG_NAME, WEIGHTS_NAME, RecognizerError, is_commit
+from lightning_emo.hub.config import CONFIG_NAME, WEIGHTS_NAME, RecognizerError, is_commit, parse_config
 from lightning_emo.utils import atomic_write_text
 
 __all__ = ["ZooEntry", "entry_names", "get_entry", "list_entries", "render_readme", "write_entry", "write_readme",
@@ -249,7 +248,7 @@ def write_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLi
     for f in (CONFIG_NAME, WEIGHTS_NAME):
         if not (model_dir / f).is_file():
             raise RecognizerError(f"{model_dir}: no {f}; export the recognizer there first")
-    config = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    config = parse_config((model_dir / CONFIG_NAME).read_bytes(), model_dir / CONFIG_NAME)
     path = None
     if repo_id is None:
         try:

@@ -58,11 +58,12 @@ from lightning_emo.models.resume import (
     KeepMetrics,
     Preemption,
     RngState,
+    refuse_finished_run_dir,
     resume_in_run_dir,
 )
 from lightning_emo.models.runs import LogProgressBar, place_loggers
 from lightning_emo.models.writer import PredictionsWriter
-from lightning_emo.utils import disk_full, setup_logging
+from lightning_emo.utils import DiskFullError, disk_full, setup_logging
 
 # datamodule attribute -> EmotionModule argument (same name)
 LINKED = ("num_classes", "classes", "input_dim", "modality", "extractor_spec", "class_counts")
@@ -107,6 +108,8 @@ class EmotionCLI(LightningCLI):
             ckpt = resume_in_run_dir(self.config["fit"])
             if ckpt is not None:
                 self._resumed_run = ckpt.parent.parent
+            elif not self.config["fit"].get("ckpt_path"):
+                refuse_finished_run_dir(self.config["fit"])
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if not isinstance(self.model, EmotionModule):
@@ -192,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         cli(None if argv == sys.argv[1:] else argv)
     except SIGTERMException:  # Lightning stopped after the current batch; Preemption said how to resume
         return SIGTERM_EXIT
+    except DiskFullError:  # already says which file and what was kept
+        raise
     except OSError as e:  # a checkpoint write is atomic: the one it would have replaced is still there
-        full = disk_full(e, kept="every checkpoint written before (last.ckpt: the last completed epoch) is kept; "
-                                 "resume with --ckpt_path last once there is space")
+        full = disk_full(e, kept="every checkpoint written before (last.ckpt: the last completed epoch) is intact",
+                         then="resume with the same command plus --ckpt_path last")
         if full is None:
             raise
         raise full from e

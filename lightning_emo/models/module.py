@@ -47,6 +47,7 @@ from torchmetrics.classification import (
 )
 
 from lightning_emo.models.heads import Head, build_head, reorder_output_rows, valid_frames
+from lightning_emo.models.guards import NonFiniteError, non_finite_error
 from lightning_emo.utils import log
 
 SPLITS = ("train", "val", "test")
@@ -424,6 +425,8 @@ class EmotionModule(pl.LightningModule):
             getattr(self, f"{split}_loss").update(loss.detach(), weight=n)
         else:  # keeps the graph (DDP needs every rank to backward) without a NaN
             loss = logits.sum() * 0.0
+        if not torch.isfinite(loss):  # checked on every split: a model that outputs NaN is never checkpointed
+            self._non_finite(batch, f"the {'training' if split == 'train' else split} loss", float(loss.detach()))
         if split == "train":  # this process's loss, for the progress bar (the epoch mean is synchronised)
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=max(n, 1))
@@ -445,11 +448,23 @@ class EmotionModule(pl.LightningModule):
         """-> ``{"clip_id": [B], "split": [B], "label": (B,), "probs": (B, C)}``, NaN rows for unseen clips."""
         logits, seen = self._logits(batch)
         probs = logits.float().softmax(-1)
+        bad = seen & ~torch.isfinite(probs).all(dim=1)
+        if bad.any():  # a NaN row would be written as "no input", a wrong result
+            self._non_finite(batch, "the posteriors", float("nan"), rows=bad)
         probs = torch.where(seen[:, None], probs, torch.full_like(probs, float("nan")))
         b = probs.shape[0]
         return {"clip_id": list(batch.get("clip_id", [""] * b)), "split": list(batch.get("split", [""] * b)),
                 "label": self._labels(batch).detach().cpu() if "label" in batch else torch.full((b,), -1),
                 "probs": probs.detach().cpu()}
+
+    def _non_finite(self, batch: dict[str, Any], what: str, value: float, rows: torch.Tensor | None = None) -> None:
+        """Stop with a :class:`NonFiniteError` (raised inside the step: no checkpoint callback saves that epoch)."""
+        with torch.no_grad():
+            x = self.features(batch)[0]
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        at = f"epoch {self.current_epoch}, step {self.global_step}" if self._trainer is not None else "a batch"
+        raise non_finite_error(batch, x, what, value, at, getattr(getattr(dm, "manifest", None), "source", None),
+                               rows)
 
     # --------------------------------------------------------------- metrics
     def on_train_epoch_end(self) -> None:

@@ -38,7 +38,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from lightning_emo.utils import log
+from lightning_emo.utils import OutputExistsError, disk_full, log
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM: what shells and schedulers report for a terminated job
 
@@ -61,6 +61,20 @@ class EpochCheckpoint(ModelCheckpoint):
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         if self._writing_last:
             super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as e:  # Lightning writes through a temporary file: the file being replaced is intact
+            there = sorted(p.name for p in Path(filepath).parent.glob("*.ckpt"))
+            kept = (f"the checkpoints already in {Path(filepath).parent} are intact ({', '.join(there)}; last.ckpt "
+                    "is the last completed epoch)" if there else "no checkpoint had been written yet")
+            full = disk_full(e, filepath, kept=kept,
+                             then="resume with the same fit command plus --ckpt_path last" if there
+                             else "run the same command again")
+            if full is None:
+                raise
+            raise full from e
 
     def _write_last(self, trainer: pl.Trainer) -> None:
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
@@ -190,6 +204,25 @@ def resume_in_run_dir(config: Any) -> Path | None:
     return Path(config["ckpt_path"])
 
 
+def refuse_finished_run_dir(config: Any) -> None:
+    """For ``fit`` without ``--ckpt_path``: refuse a logger's explicitly named version folder that holds a run.
+
+    Lightning would delete its ``metrics.csv`` and mix two trainings' checkpoints in one folder.
+    """
+    logger = config.get("trainer", {}).get("logger")
+    for lg in logger if isinstance(logger, list) else [logger]:
+        init = getattr(lg, "init_args", None) if lg is not None and not isinstance(lg, bool) else None
+        where = _logger_dir(init) if init is not None else None
+        if where is None or where[1] is None:
+            continue
+        base, version = where
+        folder = base / (version if isinstance(version, str) else f"version_{version}")
+        if (folder / "metrics.csv").is_file() or list((folder / "checkpoints").glob("*.ckpt")):
+            raise OutputExistsError([folder], what="the run folder", hint=(
+                "Resume that training with --ckpt_path last, or name another version "
+                "(--trainer.logger.init_args.version), or leave the version out for a new folder."))
+
+
 class KeepMetrics(Callback):
     """Keeps a resumed run's ``metrics.csv`` rows up to the checkpoint's step.
 
@@ -248,4 +281,5 @@ class Preemption(Callback):
         exception.resume_hint = self.message
 
 
-__all__ = ["EpochCheckpoint", "RngState", "KeepMetrics", "Preemption", "resume_in_run_dir", "SIGTERM_EXIT"]
+__all__ = ["EpochCheckpoint", "RngState", "KeepMetrics", "Preemption", "resume_in_run_dir", "refuse_finished_run_dir",
+           "SIGTERM_EXIT"]

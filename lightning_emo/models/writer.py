@@ -79,8 +79,9 @@ class PredictionsWriter(BasePredictionWriter):
         if not classes:
             raise ValueError("PredictionsWriter needs the model's class names (module.classes)")
         by_id: dict[str, tuple[str, str, int, np.ndarray]] = {}
-        for row in rows:  # a DistributedSampler repeats clips to even out ranks: keep the first
-            by_id.setdefault(row[0], row)
+        for row in rows:  # a padded sampler repeats clips (label -1 for EvalDistributedSampler's stand-ins)
+            if row[0] not in by_id or (by_id[row[0]][2] == -1 and row[2] != -1):
+                by_id[row[0]] = row
         if self.splits is not None:
             by_id = {k: v for k, v in by_id.items() if v[1] in self.splits}
         splits_seen = sorted({r[1] for r in by_id.values()}, key=lambda s: (SPLIT_ORDER.get(s, 3), s))
