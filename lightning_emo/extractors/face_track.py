@@ -39,7 +39,7 @@ from torchvision.ops import box_iou
 
 from lightning_emo.extractors.face_detect import Track, crop_boxes, smooth_boxes, track_main_face
 
-__all__ = ["TrackingPolicy", "detect_and_track", "interpolate_track", "patch_similarity", "shot_cuts"]
+__all__ = ["TrackingPolicy", "detect_and_track", "grey_patches", "interpolate_track", "shot_cuts"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class TrackingPolicy:
     detect_every: int = 5
     cut_threshold: float = 0.4
     redetect_score: float = 0.95
-    redetect_iou: float = 0.5
+    redetect_iou: float = 0.3
     redetect_similarity: float = 0.6
 
     def __post_init__(self):
@@ -114,16 +114,13 @@ def shot_cuts(frames: torch.Tensor, threshold: float, bins: int = 16, grid: int 
     return (torch.nonzero(changed >= share).flatten() + 1).tolist()
 
 
-def patch_similarity(frames_a: torch.Tensor, boxes_a: torch.Tensor, frames_b: torch.Tensor, boxes_b: torch.Tensor,
-                     size: int = 24) -> torch.Tensor:
-    """Normalised cross-correlation (-1..1) of grey ``size x size`` patches: box ``i`` of ``boxes_a (K, 4)`` in
-    ``frames_a[i]`` against box ``i`` of ``boxes_b`` in ``frames_b[i]`` (frames ``(K, H, W, 3)`` uint8) -> ``(K,)``."""
-    k = len(boxes_a)
-    patches = crop_boxes(torch.cat([frames_a, frames_b]), torch.cat([boxes_a, boxes_b]).cpu(), size)
+def grey_patches(frames: torch.Tensor, boxes: torch.Tensor, index: Sequence[int], size: int = 24) -> torch.Tensor:
+    """Zero-mean, unit-norm grey ``size x size`` patches: box ``i`` of ``boxes (K, 4)`` in ``frames[index[i]]``
+    -> ``(K, size * size)``; the dot product of two is their normalised cross-correlation (-1..1)."""
+    patches = crop_boxes(frames, boxes.cpu(), size, index=index)  # (K, 3, s, s)
     grey = (patches * torch.tensor([0.299, 0.587, 0.114], device=patches.device)[:, None, None]).sum(1).flatten(1)
     grey = grey - grey.mean(1, keepdim=True)
-    grey = grey / grey.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    return (grey[:k] * grey[k:]).sum(1).cpu()
+    return (grey / grey.norm(dim=1, keepdim=True).clamp_min(1e-6)).cpu()
 
 
 def _lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
@@ -196,14 +193,11 @@ def _unsure(clip: _Clip, policy: TrackingPolicy) -> list[int]:
                 ends_a.append(a)
                 ends_b.append(b)
                 boxes.append(_lerp(tr.boxes[a], tr.boxes[b], (t - a) / (b - a)))
-        f = clip.frames
-
-        def at(idx: list[int]) -> torch.Tensor:
-            return f[torch.tensor(idx, device=f.device)]
-
-        mid_boxes = torch.stack(boxes)
-        sim_a = patch_similarity(at(mids), mid_boxes, at(ends_a), tr.boxes[ends_a])
-        sim_b = patch_similarity(at(mids), mid_boxes, at(ends_b), tr.boxes[ends_b])
+        keys = sorted({a for a, _ in check} | {b for _, b in check})
+        at_key = dict(zip(keys, grey_patches(clip.frames, tr.boxes[keys], keys)))
+        mid = grey_patches(clip.frames, torch.stack(boxes), mids)
+        sim_a = (mid * torch.stack([at_key[a] for a in ends_a])).sum(1)
+        sim_b = (mid * torch.stack([at_key[b] for b in ends_b])).sum(1)
         bad = torch.maximum(sim_a, sim_b) < policy.redetect_similarity
         for a, b in sorted({(a, b) for a, b, x in zip(ends_a, ends_b, bad.tolist()) if x}):
             need += range(a + 1, b)

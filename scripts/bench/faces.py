@@ -71,6 +71,7 @@ def pipeline_pass(name: str, options: dict, clips, device, clips_per_batch: int)
     det = build_face_detector("mtcnn", crop_size=extractor.spec.crop_size, **options)
     runner, stats = _timed_runner(extractor, det, device)
     masks, boxes = [], []
+    cpu = time.process_time()
     started = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(clips), clips_per_batch):
@@ -83,7 +84,8 @@ def pipeline_pass(name: str, options: dict, clips, device, clips_per_batch: int)
             boxes += [faces.boxes[j, :len(c)].cpu() for j, c in enumerate(part)]
     sync(device)
     total = time.perf_counter() - started
-    return {"total_s": total, "detect_s": stats["detect_s"], "embed_s": total - stats["detect_s"],
+    return {"total_s": total, "cpu_s": time.process_time() - cpu, "detect_s": stats["detect_s"],
+            "embed_s": total - stats["detect_s"],
             "frames_detected": stats["frames_detected"], "mask": torch.cat(masks), "boxes": torch.cat(boxes)}
 
 
@@ -197,7 +199,10 @@ def run(cfg: Config, work: Path, device) -> dict[str, Any]:
     """The section: the pipeline both ways, interleaved, on the talking-head video; resolution; cold/warm infer."""
     from lightning_emo.data.media import load_frames
 
-    results: dict[str, Any] = {"load_average_start": load_average(), "repeats": cfg.repeats}
+    import torch
+
+    results: dict[str, Any] = {"load_average_start": load_average(), "repeats": cfg.repeats,
+                               "torch_threads": torch.get_num_threads()}
     path, truth = talking_head(cfg, work)
     t = time.perf_counter()
     frames, times = load_frames(path, fps=FACE_FPS)
@@ -228,11 +233,12 @@ def run(cfg: Config, work: Path, device) -> dict[str, Any]:
                          f"(detect + crop {res['detect_s']:.2f} s on {res['frames_detected']} frames)")
         for m in MODES:
             runs = rows[m]["runs"]
-            for k in ("total_s", "detect_s", "embed_s"):
+            for k in ("total_s", "cpu_s", "detect_s", "embed_s"):
                 rows[m][k] = median([x[k] for x in runs])
             rows[m]["frames_detected"] = runs[-1]["frames_detected"]
             rows[m]["frames_per_s"] = ratio(len(frames), rows[m]["total_s"])
         rows["speedup"] = ratio(rows["detect-and-track"]["frames_per_s"], rows["per-frame"]["frames_per_s"])
+        rows["speedup_cpu"] = ratio(rows["per-frame"]["cpu_s"], rows["detect-and-track"]["cpu_s"])
         rows["agreement"] = agreement(kept["per-frame"], kept["detect-and-track"])
         results["pipelines"][name] = rows
         progress(f"  {name}: {fmt(rows['per-frame']['frames_per_s'])} -> {fmt(rows['detect-and-track']['frames_per_s'])}"
@@ -273,23 +279,25 @@ def render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
            "(`extractors/face_track.py`: MTCNN on every 5th frame, on both sides of each shot cut and on every "
            "frame of a gap where the track is lost, weak, fast or no longer looks like the face; boxes interpolated "
            f"between). Both ways interleaved in one process, medians of {r['repeats']} runs; decoding "
-           f"({fmt(r['decode_s'])} s) not included. Load average {la0} → {la1}"
+           f"({fmt(r['decode_s'])} s) not included; {r.get('torch_threads', '?')} torch thread(s). Load average "
+           f"{la0} → {la1}"
            + (" — **a loaded machine** (other jobs shared the 2 cores): absolute times are inflated, the ratios "
               "compare runs made side by side." if loaded else "."), "",
            "| face network | way | face frames/s | detect + track + crop s | network s | frames through MTCNN | "
-           "**vs per-frame** | box IoU mean / min | mask agreement |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+           "**vs per-frame** | CPU s (vs per-frame) | box IoU mean / min | mask agreement |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for name, x in r["pipelines"].items():
         a = x["agreement"]
         for m in MODES:
             y = x[m]
             ref = m == "per-frame"
             vs = "1x" if ref else f"**{fmt(x['speedup'])}x**"
+            cpu = fmt(y.get("cpu_s")) + ("" if ref else f" ({fmt(x.get('speedup_cpu'))}x)")
             iou = "–" if ref else f"{fmt(a['iou_mean'], 3)} / {fmt(a['iou_min'], 3)}"
             masks = "–" if ref else fmt(a["mask_agreement"], 3)
             star = " *" if name in RANDOM_WEIGHTS else ""
             out.append(f"| {name}{star} | {m} | {fmt(y['frames_per_s'])} | {fmt(y['detect_s'])} | {fmt(y['embed_s'])} "
-                       f"| {y['frames_detected']} | {vs} | {iou} | {masks} |")
+                       f"| {y['frames_detected']} | {vs} | {cpu} | {iou} | {masks} |")
     out += ["", "\\* facenet with random weights of the real architecture (same compute).", ""]
     iv = r.get("intervals") or {}
     if iv:
@@ -312,6 +320,16 @@ def render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
         out.append(f"| {label} px | {fmt(1000 * x['s_per_frame'])} | {fmt(x['iou_vs_full_mean'], 3)} / "
                    f"{fmt(x['iou_vs_full_min'], 3)} | {fmt(x['iou_vs_truth_mean'], 3)} / {fmt(x['iou_vs_truth_min'], 3)}"
                    f" | {x['found']} / {x['true_faces']} | {x['false_frames']} |")
+    sizes = res["sizes"]
+    if "640" in sizes and "full" in sizes:
+        a, f = sizes["640"], sizes["full"]
+        out += ["", f"The default stays 640 px: against the true face it is as accurate as full resolution "
+                f"({fmt(a['iou_vs_truth_mean'], 3)} vs {fmt(f['iou_vs_truth_mean'], 3)} mean IoU, the same faces "
+                f"found) at {fmt(ratio(f['s_per_frame'], a['s_per_frame']))}x less time per frame; larger sizes buy "
+                "nothing measurable here. A smaller size is faster still but raises the smallest face found "
+                "(MTCNN's `min_face_size` 40 px is counted in the detection image: 80 px in a 1280-wide frame at "
+                "640, 107 px at 480), and these faces are large; `--detector-option detect_size=N` (or `null` "
+                "for full resolution) changes it, recorded in the store's key."]
     inf = r["infer"]
     out += ["", f"Inference on the 10 s 720p clip of the inference section ({inf['clip']}): a cold `lightning-emo "
             "infer` per recognizer (a fresh process: imports, loading, one prediction) with the heavy modules that "

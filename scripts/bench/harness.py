@@ -70,7 +70,7 @@ class Config:
     face_extractors: tuple[str, ...] = ("hog", "facenet_vggface2")
     face_sizes: tuple[int | None, ...] = (480, 640, 960, None)  # MTCNN detection sizes (None: full resolution)
     face_resolution_every: int = 5  # the resolution study runs on every 5th sampled frame
-    face_intervals: tuple[int, ...] = (3, 5, 10)  # detect_every values compared (HOG)
+    face_intervals: tuple[int, ...] = (3, 5, 8)  # detect_every values compared (HOG)
     # scale
     scale_factor: int = 4
     scale_extractors: tuple[str, ...] = ("mfcc", "hubert_base")
