@@ -292,8 +292,10 @@ def prepare_weights(torch_home: Path) -> dict[str, str]:
     from facenet_pytorch import InceptionResnetV1
 
     from lightning_emo.extractors.face import FACENET_WEIGHTS
+    from lightning_emo.extractors.weights import cache_path
 
-    facenet = ckpt / FACENET_WEIGHTS["vggface2"].filename
+    facenet = cache_path(FACENET_WEIGHTS["vggface2"])  # facenet-pytorch's own cache ($TORCH_HOME/checkpoints)
+    facenet.parent.mkdir(parents=True, exist_ok=True)
     if not facenet.is_file():
         progress("writing random facenet (InceptionResnetV1) weights")
         torch.manual_seed(0)
