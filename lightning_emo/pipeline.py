@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning_emo.errors import ConfigError, command, describe_parse_error
 from lightning_emo.configs import resolve_config, resolve_config_args
 from lightning_emo.data.folds import FoldOptions
 from lightning_emo.evaluation.runs import TestCorpus
@@ -157,18 +158,18 @@ def run_protocol(p: Protocol) -> Any:
     from lightning_emo.extractors.extract import run_extraction
 
     if not p.audio or not p.video:
-        raise ValueError("the protocol needs at least one audio and one video feature set (config keys "
-                         "'audio' and 'video')")
+        raise ConfigError("the protocol needs at least one audio and one video feature set (config keys "
+                          "'audio' and 'video')")
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {p.seeds}")
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {p.seeds}")
     if p.priors not in ("checkpoint", "refit"):
-        raise ValueError(f"priors must be 'checkpoint' or 'refit', got {p.priors!r}")
+        raise ConfigError(f"priors must be 'checkpoint' or 'refit', got {p.priors!r}")
     from lightning_emo.fusion.metrics import METRICS
 
     if p.select_metric not in METRICS:  # checked before any work, not after hours of extraction
-        raise ValueError(f"select_metric must be one of {', '.join(METRICS)}, got {p.select_metric!r}")
+        raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}, got {p.select_metric!r}")
     if p.crossfit == 1 or p.crossfit < 0:
-        raise ValueError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {p.crossfit}")
+        raise ConfigError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {p.crossfit}")
     out = Path(p.out)
     _claim(out, p.overwrite)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
@@ -209,8 +210,8 @@ def run_protocol(p: Protocol) -> Any:
             log.info(result.summary())
             store = result.store
             if (store.modality == "audio") != (modality == "audio"):
-                raise ValueError(f"feature set {name!r} is listed under {modality} but extractor {fs.extractor!r} "
-                                 f"is a {store.modality} extractor")
+                raise ConfigError(f"feature set {name!r} is listed under {modality} but extractor "
+                                  f"{fs.extractor!r} is a {store.modality} extractor")
             into[name] = Path(store.path)
             extraction.append({"set": name, "store": str(store.path), "written": result.written,
                                "skipped": result.skipped})
@@ -383,7 +384,7 @@ def _parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="lightning-emo reproduce", description=__doc__.split("\n\n")[0],
-                            default_config_files=None)
+                            default_config_files=None, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="a protocol YAML: a file, or a shipped name such as reproduce/synthetic.yaml "
                              "(lightning-emo configs list reproduce)")
@@ -391,15 +392,22 @@ def _parser():
     return parser
 
 
+@command("reproduce")
 def reproduce_main(argv: list[str] | None = None) -> int:
     """``lightning-emo reproduce --config reproduce/X.yaml [--out DIR] [--print_config]``.
 
     ``--config`` is a file or a shipped config's name (:func:`lightning_emo.configs.resolve_config`).
     """
+    from argparse import ArgumentError
+
     setup_logging()
     parser = _parser()
-    cfg = parser.parse_args(resolve_config_args(list(sys.argv[1:] if argv is None else argv)))
-    cfg = parser.instantiate(cfg)
+    args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = parser.parse_args(args)
+        cfg = parser.instantiate(cfg)
+    except ArgumentError as e:
+        raise ConfigError(describe_parse_error(e, "reproduce", args)) from e
     protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -413,10 +421,11 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@command("demo")
 def demo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo demo [--out DIR]``: the protocol on the built-in synthetic corpus, no download."""
     argv = list(argv or [])
-    return reproduce_main(["--config", "reproduce/synthetic.yaml", *argv])
+    return reproduce_main.__wrapped__(["--config", "reproduce/synthetic.yaml", *argv])  # errors named `demo`
 
 
 if __name__ == "__main__":

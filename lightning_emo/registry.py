@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
+from lightning_emo.errors import UserError
+
 T = TypeVar("T")
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name no builder is registered under (a config's ``head: lstmm``); the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -52,7 +61,7 @@ class Registry(Generic[T]):
         try:
             return self._builders[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 
     def build(self, name: str, **kwargs) -> T:
         return self.get(name)(**kwargs)

@@ -85,9 +85,9 @@ def test_infer_video_without_face_predicts_from_audio(tiny, capsys):
 
 def test_infer_reports_bad_inputs(tiny, tmp_path, capsys):
     rc, _, err = _run(["infer", tmp_path / "absent.mp4", "--model", tiny["export"]], capsys)
-    assert rc == 1 and "file not found" in err
+    assert rc == 2 and "file not found" in err
     rc, _, err = _run(["infer", tiny["noaudio"], "--model", "no-such-model"], capsys)
-    assert rc == 1 and "not a directory, a 'hf-hub:org/name[@revision]' reference or a zoo model" in err
+    assert rc == 2 and "not a directory, a 'hf-hub:org/name[@revision]' reference or a zoo model" in err
 
 
 def test_predict_arrays_matches_predict_and_resamples(tiny):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -45,9 +46,10 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
     assert "reusing" in caplog.text
 
 
-def test_protocol_needs_both_modalities(tmp_path):
-    with pytest.raises(ValueError, match="at least one audio and one video"):
-        main(["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(tmp_path), "--video", "{}"])
+def test_protocol_needs_both_modalities(tmp_path, capsys):
+    assert main(["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(tmp_path),
+                 "--video", "{}"]) == 2
+    assert "at least one audio and one video" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -179,8 +181,9 @@ def test_reproduce_three_seeds_resumes_after_a_real_kill(tmp_path, caplog):
     (["--select_metric", "auc"], "select_metric must be one of"),
     (["--crossfit", "1"], "crossfit must be 0"),
 ])
-def test_bad_protocol_options_stop_before_any_work(tmp_path, extra, message):
+def test_bad_protocol_options_stop_before_any_work(tmp_path, extra, message, capsys):
     out = tmp_path / "bad"
-    with pytest.raises(ValueError, match=message):
-        main(_fold_args(out, *extra))
+    assert main(_fold_args(out, *extra)) == 2  # one paragraph (lightning_emo.errors), no traceback
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
     assert not (out / "features").exists()  # nothing extracted

@@ -318,3 +318,13 @@ def test_fit_without_ckpt_path_refuses_a_named_version_that_holds_a_run(tmp_path
     with pytest.raises(OutputExistsError, match=r"run folder .*mine already exists; nothing was written\. Resume"):
         refuse_finished_run_dir(config)
     refuse_finished_run_dir(_logger_config(tmp_path / "runs"))  # no version named: a new folder, nothing to refuse
+
+
+def test_last_ckpt_as_a_link_still_follows_every_epoch(toy, tmp_path):
+    pl.seed_everything(0)
+    dm = _datamodule(toy)
+    module = EmotionModule(input_dim=dm.input_dim, num_classes=dm.num_classes, classes=dm.classes, lr=0.0)
+    ckpt = EpochCheckpoint(dirpath=tmp_path / "link", monitor="val/acc", mode="max", save_last="link")
+    pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, callbacks=[ckpt], enable_progress_bar=False,
+               enable_model_summary=False).fit(module, dm)
+    assert _epoch_of(tmp_path / "link" / "last.ckpt") == 2

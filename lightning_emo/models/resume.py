@@ -81,11 +81,15 @@ class EpochCheckpoint(ModelCheckpoint):
             return
         if trainer.state.fn != TrainerFn.FITTING:
             return
+        # save_last="link" links to the newest checkpoint file: only right when one was written at this step
+        mode = self.save_last
+        if mode == "link" and self._last_global_step_saved != trainer.global_step:
+            self.save_last = True
         self._writing_last = True
         try:
             super()._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         finally:
-            self._writing_last = False
+            self._writing_last, self.save_last = False, mode
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
