@@ -189,7 +189,7 @@ def test_extract_records_the_face_pipeline_in_the_cache_key(face_corpus, tmp_pat
     assert ma.all() and mb.all() and a.shape == b.shape
 
 
-def test_hub_configs_carry_the_detector_settings(tmp_path, face_corpus):
+def test_hub_configs_carry_the_detector_settings(tmp_path, face_corpus, capsys):
     from lightning_emo.cli import main as cli_main
     from lightning_emo.hub._testing import tiny_model
     from lightning_emo.hub.config import RecognizerError
@@ -212,7 +212,10 @@ def test_hub_configs_carry_the_detector_settings(tmp_path, face_corpus):
     # from the command line; a bad option is one clear line, before any file is read
     assert cli_main(["infer", clip, "--model", str(tmp_path / "old"), "--detector-option", "detect_every=2",
                      "--quiet"]) == 0
+    capsys.readouterr()
     assert cli_main(["infer", clip, "--model", str(tmp_path / "old"), "--detector-option", "detect_every=0",
-                     "--quiet"]) == 1
+                     "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "detect_every must be an integer >= 1" in err and "Traceback" not in err
     with pytest.raises(RecognizerError, match="no video modality"):
         Recognizer.from_checkpoints({"audio": paths["audio"]}).set_detector_options(detect_every=1)
