@@ -54,6 +54,8 @@ class FeatureSet:
         options: the extractor builder's keyword arguments (e.g. ``{"layer": 9}``).
         weights: a local weights file for extractors that load one.
         detector: the face detector (``mtcnn``, or ``none`` for corpora of face crops).
+        detector_options: its options (mtcnn: ``detect_every``, ``cut_threshold``, ``redetect_*``,
+            ``detect_size``, ``min_face_size``...; see ``lightning-emo extract --help``).
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
         dtype: the stored dtype; ``float32`` for features beyond float16's range (openSMILE's).
@@ -65,6 +67,7 @@ class FeatureSet:
     options: dict[str, Any] = field(default_factory=dict)
     weights: Optional[str] = None
     detector: str = "mtcnn"
+    detector_options: dict[str, Any] = field(default_factory=dict)
     fps: Optional[float] = None
     select: Optional[int] = None
     dtype: str = "float16"
@@ -200,7 +203,8 @@ def run_protocol(p: Protocol) -> Any:
         for name, modality, fs in sets:
             # once for the whole protocol: every fold x seed reads these per-clip stores
             result = run_extraction(corpus_manifest, fs.extractor, folder, options=fs.options, weights=fs.weights,
-                                    detector=fs.detector, fps=fs.fps, batch_size=p.batch_size,
+                                    detector=fs.detector, detector_options=fs.detector_options or None, fps=fs.fps,
+                                    batch_size=p.batch_size,
                                     num_workers=p.num_workers, name=_store_name(fs), dtype=fs.dtype,
                                     trainer=p.extract_trainer or None)
             log.info(result.summary())
@@ -309,6 +313,7 @@ def _store_name(fs: FeatureSet) -> str:
     parts += [f"{k}{v}" for k, v in sorted(fs.options.items())]
     if fs.detector != "mtcnn":
         parts.append(f"det-{fs.detector}")
+    parts += [f"{k}{v}" for k, v in sorted(fs.detector_options.items())]
     if fs.fps:
         parts.append(f"fps{fs.fps:g}")
     return "-".join(str(x).replace("/", "_").replace(" ", "") for x in parts)
