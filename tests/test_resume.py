@@ -328,3 +328,19 @@ def test_last_ckpt_as_a_link_still_follows_every_epoch(toy, tmp_path):
     pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, callbacks=[ckpt], enable_progress_bar=False,
                enable_model_summary=False).fit(module, dm)
     assert _epoch_of(tmp_path / "link" / "last.ckpt") == 2
+
+
+def test_sigterm_during_predict_exits_143_writing_nothing(toy, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    config = _config(toy, tmp_path, max_epochs=1)
+    assert main(["fit", "--config", str(config)]) == 0
+    run = Path("runs/toy/version_0")
+    kill = tmp_path / "kill_predict.yaml"
+    kill.write_text("trainer:\n  callbacks:\n    - class_path: helpers.KillAt\n"
+                    "      init_args: {epoch: 0, batch: 0, signal: SIGTERM, stage: predict}\n")
+    args = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    assert main([*args, "--config", str(kill)]) == SIGTERM_EXIT
+    assert "predict stopped by SIGTERM; nothing was written" in caplog.text
+    assert not (run / "predictions.csv").exists()
+    assert main(args) == 0 and (run / "predictions.csv").is_file()
