@@ -221,6 +221,7 @@ def run_protocol(p: Protocol) -> Any:
     t = _stage(f"train, predict and fuse: {len(folds)} fold(s) x {len(p.seeds)} seed(s)", 3, 4)
     done_dirs: list[Path] = []
     report = None
+    stores_trained: dict[str, str] = {}
     runs = [(fold, seed) for fold in folds for seed in p.seeds]
     for i, (fold, seed) in enumerate(runs, start=1):
         run_dir = out if single else out / "folds" / run_name(fold, seed)
@@ -230,11 +231,13 @@ def run_protocol(p: Protocol) -> Any:
             continue
         started = time.perf_counter()
         log.info(f"[{i}/{len(runs)}] {run_name(fold, seed)}")
-        reports = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
+        reports, run_stores = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
                            manifest_path=manifest_path, sets=sets, stores=stores, cross=cross, single=single,
                            train_and_predict=train_and_predict, resolve_config=resolve_config,
                            store_name=_store_name)
         report = reports["in"]
+        if single:  # OUT is the run folder: its protocol.json names the stores the heads trained on
+            stores_trained = {k: str(v) for k, v in run_stores.items()}
         done_dirs.append(run_dir)
         left = len(runs) - i
         took = time.perf_counter() - started
@@ -256,7 +259,9 @@ def run_protocol(p: Protocol) -> Any:
     summary = summarize(out, done_dirs, select_metric=p.select_metric, notes=notes)
     timings["summary"] = time.perf_counter() - t
     atomic_write_text(out / "protocol.json", json.dumps({
-        "protocol": asdict(p), "manifest": str(manifest_path), "stores": {k: str(v) for k, v in stores.items()},
+        "protocol": asdict(p), "manifest": str(manifest_path),
+        "stores": stores_trained if single and stores_trained else {k: str(v) for k, v in stores.items()},
+        "extracted": {k: str(v) for k, v in stores.items()},
         "folds": [{"name": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
         "seeds": p.seeds, "runs": [str(d) for d in done_dirs],
         "predictions": ({name: str(out / "runs" / name / "predictions.csv") for name, _, _ in sets} if single else {}),
