@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from lightning_emo.errors import _take_traceback_flag, command
+
 # name -> ("module:function", one-line help). Functions take the argument list after the name.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("lightning_emo.data.synthetic:main", "write the synthetic audio-visual corpus (MP4 + manifest)"),
@@ -42,6 +44,11 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``lightning-emo COMMAND ...``; a bad input prints one paragraph and returns 2 (:mod:`lightning_emo.errors`).
+
+    ``--traceback`` anywhere (or ``LIGHTNING_EMO_DEBUG=1``) shows the full traceback instead.
+    """
+    argv = _take_traceback_flag(argv)  # with argv None, from sys.argv too: LightningCLI reads it there
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -63,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lightning-emo {name}: not available ({e})", file=sys.stderr)
         return 2
     args = argv if name in LIGHTNING_COMMANDS else argv[1:]
-    result = fn(args)
-    return int(result or 0)
+    # commands' mains are decorated with errors.command already; this covers any that is not
+    return command(name)(fn)(args)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from lightning_emo.errors import UserError
+
 __all__ = ["ConfigNotFoundError", "config_dir", "list_configs", "main", "resolve_config", "resolve_config_args",
            "shipped_config"]
 
@@ -25,7 +27,7 @@ SUFFIXES = (".yaml", ".yml", ".json")
 PREFIX = "configs/"
 
 
-class ConfigNotFoundError(FileNotFoundError):
+class ConfigNotFoundError(UserError, FileNotFoundError):
     """A config that is neither a file at the given path nor a shipped config; the message lists near names."""
 
 

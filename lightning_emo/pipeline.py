@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning_emo.errors import ConfigError, command, describe_parse_error
 from lightning_emo.configs import resolve_config, resolve_config_args
 from lightning_emo.data.folds import FoldOptions
 from lightning_emo.evaluation.runs import TestCorpus
@@ -53,6 +54,8 @@ class FeatureSet:
         options: the extractor builder's keyword arguments (e.g. ``{"layer": 9}``).
         weights: a local weights file for extractors that load one.
         detector: the face detector (``mtcnn``, or ``none`` for corpora of face crops).
+        detector_options: its options (mtcnn: ``detect_every``, ``cut_threshold``, ``redetect_*``,
+            ``detect_size``, ``min_face_size``...; see ``lightning-emo extract --help``).
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
         dtype: the stored dtype; ``float32`` for features beyond float16's range (openSMILE's).
@@ -64,6 +67,7 @@ class FeatureSet:
     options: dict[str, Any] = field(default_factory=dict)
     weights: Optional[str] = None
     detector: str = "mtcnn"
+    detector_options: dict[str, Any] = field(default_factory=dict)
     fps: Optional[float] = None
     select: Optional[int] = None
     dtype: str = "float16"
@@ -154,18 +158,18 @@ def run_protocol(p: Protocol) -> Any:
     from lightning_emo.extractors.extract import run_extraction
 
     if not p.audio or not p.video:
-        raise ValueError("the protocol needs at least one audio and one video feature set (config keys "
-                         "'audio' and 'video')")
+        raise ConfigError("the protocol needs at least one audio and one video feature set (config keys "
+                          "'audio' and 'video')")
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {p.seeds}")
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {p.seeds}")
     if p.priors not in ("checkpoint", "refit"):
-        raise ValueError(f"priors must be 'checkpoint' or 'refit', got {p.priors!r}")
+        raise ConfigError(f"priors must be 'checkpoint' or 'refit', got {p.priors!r}")
     from lightning_emo.fusion.metrics import METRICS
 
     if p.select_metric not in METRICS:  # checked before any work, not after hours of extraction
-        raise ValueError(f"select_metric must be one of {', '.join(METRICS)}, got {p.select_metric!r}")
+        raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}, got {p.select_metric!r}")
     if p.crossfit == 1 or p.crossfit < 0:
-        raise ValueError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {p.crossfit}")
+        raise ConfigError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {p.crossfit}")
     out = Path(p.out)
     _claim(out, p.overwrite)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
@@ -199,14 +203,15 @@ def run_protocol(p: Protocol) -> Any:
         for name, modality, fs in sets:
             # once for the whole protocol: every fold x seed reads these per-clip stores
             result = run_extraction(corpus_manifest, fs.extractor, folder, options=fs.options, weights=fs.weights,
-                                    detector=fs.detector, fps=fs.fps, batch_size=p.batch_size,
+                                    detector=fs.detector, detector_options=fs.detector_options or None, fps=fs.fps,
+                                    batch_size=p.batch_size,
                                     num_workers=p.num_workers, name=_store_name(fs), dtype=fs.dtype,
                                     trainer=p.extract_trainer or None)
             log.info(result.summary())
             store = result.store
             if (store.modality == "audio") != (modality == "audio"):
-                raise ValueError(f"feature set {name!r} is listed under {modality} but extractor {fs.extractor!r} "
-                                 f"is a {store.modality} extractor")
+                raise ConfigError(f"feature set {name!r} is listed under {modality} but extractor "
+                                  f"{fs.extractor!r} is a {store.modality} extractor")
             into[name] = Path(store.path)
             extraction.append({"set": name, "store": str(store.path), "written": result.written,
                                "skipped": result.skipped})
@@ -216,6 +221,7 @@ def run_protocol(p: Protocol) -> Any:
     t = _stage(f"train, predict and fuse: {len(folds)} fold(s) x {len(p.seeds)} seed(s)", 3, 4)
     done_dirs: list[Path] = []
     report = None
+    stores_trained: dict[str, str] = {}
     runs = [(fold, seed) for fold in folds for seed in p.seeds]
     for i, (fold, seed) in enumerate(runs, start=1):
         run_dir = out if single else out / "folds" / run_name(fold, seed)
@@ -225,11 +231,13 @@ def run_protocol(p: Protocol) -> Any:
             continue
         started = time.perf_counter()
         log.info(f"[{i}/{len(runs)}] {run_name(fold, seed)}")
-        reports = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
+        reports, run_stores = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
                            manifest_path=manifest_path, sets=sets, stores=stores, cross=cross, single=single,
                            train_and_predict=train_and_predict, resolve_config=resolve_config,
                            store_name=_store_name)
         report = reports["in"]
+        if single:  # OUT is the run folder: its protocol.json names the stores the heads trained on
+            stores_trained = {k: str(v) for k, v in run_stores.items()}
         done_dirs.append(run_dir)
         left = len(runs) - i
         took = time.perf_counter() - started
@@ -250,13 +258,10 @@ def run_protocol(p: Protocol) -> Any:
         notes += cross.notes
     summary = summarize(out, done_dirs, select_metric=p.select_metric, notes=notes)
     timings["summary"] = time.perf_counter() - t
-    written_stores = {k: str(v) for k, v in stores.items()}
-    if single and (out / "protocol.json").is_file():
-        # the split's run (run_dir == out) recorded the stores its heads trained on: a selected set's
-        # own store, not its parent (`export --run OUT --video hog_sel256` needs the selector)
-        written_stores.update(json.loads((out / "protocol.json").read_text(encoding="utf-8")).get("stores") or {})
     atomic_write_text(out / "protocol.json", json.dumps({
-        "protocol": asdict(p), "manifest": str(manifest_path), "stores": written_stores,
+        "protocol": asdict(p), "manifest": str(manifest_path),
+        "stores": stores_trained if single and stores_trained else {k: str(v) for k, v in stores.items()},
+        "extracted": {k: str(v) for k, v in stores.items()},
         "folds": [{"name": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
         "seeds": p.seeds, "runs": [str(d) for d in done_dirs],
         "predictions": ({name: str(out / "runs" / name / "predictions.csv") for name, _, _ in sets} if single else {}),
@@ -313,6 +318,7 @@ def _store_name(fs: FeatureSet) -> str:
     parts += [f"{k}{v}" for k, v in sorted(fs.options.items())]
     if fs.detector != "mtcnn":
         parts.append(f"det-{fs.detector}")
+    parts += [f"{k}{v}" for k, v in sorted(fs.detector_options.items())]
     if fs.fps:
         parts.append(f"fps{fs.fps:g}")
     return "-".join(str(x).replace("/", "_").replace(" ", "") for x in parts)
@@ -383,7 +389,7 @@ def _parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="lightning-emo reproduce", description=__doc__.split("\n\n")[0],
-                            default_config_files=None)
+                            default_config_files=None, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="a protocol YAML: a file, or a shipped name such as reproduce/synthetic.yaml "
                              "(lightning-emo configs list reproduce)")
@@ -391,15 +397,22 @@ def _parser():
     return parser
 
 
+@command("reproduce")
 def reproduce_main(argv: list[str] | None = None) -> int:
     """``lightning-emo reproduce --config reproduce/X.yaml [--out DIR] [--print_config]``.
 
     ``--config`` is a file or a shipped config's name (:func:`lightning_emo.configs.resolve_config`).
     """
+    from argparse import ArgumentError
+
     setup_logging()
     parser = _parser()
-    cfg = parser.parse_args(resolve_config_args(list(sys.argv[1:] if argv is None else argv)))
-    cfg = parser.instantiate(cfg)
+    args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = parser.parse_args(args)
+        cfg = parser.instantiate(cfg)
+    except ArgumentError as e:
+        raise ConfigError(describe_parse_error(e, "reproduce", args)) from e
     protocol = Protocol(**{k: cfg[k] for k in Protocol.__dataclass_fields__})
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -413,10 +426,11 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@command("demo")
 def demo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo demo [--out DIR]``: the protocol on the built-in synthetic corpus, no download."""
     argv = list(argv or [])
-    return reproduce_main(["--config", "reproduce/synthetic.yaml", *argv])
+    return reproduce_main.__wrapped__(["--config", "reproduce/synthetic.yaml", *argv])  # errors named `demo`
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ import errno
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
+from lightning_emo.errors import UsageError, UserError
 
 log = logging.getLogger("lightning_emo")
 
@@ -61,7 +64,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(UserError, FileExistsError):
     """A command would replace files it was not asked to replace: nothing was written.
 
     Raised by :func:`check_outputs` before any work, naming the files and the option (usually
@@ -78,7 +81,7 @@ class OutputExistsError(FileExistsError):
         super().__init__(f"{what + ' ' if what else ''}{shown} already {verb}; nothing was written. {hint}")
 
 
-class OutputCollisionError(ValueError):
+class OutputCollisionError(UserError, ValueError):
     """Two inputs of one command would write the same output file."""
 
 
@@ -137,7 +140,7 @@ def distinct_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """The disk (or a file-size limit) ran out while writing; the message names the file and what was kept."""
 
 
@@ -157,7 +160,7 @@ def disk_full(exc: OSError, path: str | os.PathLike | None = None, kept: str = "
     return err
 
 
-class LocatedError(ValueError):
+class LocatedError(UserError, ValueError):
     """A bad input file; the message starts with ``FILE, line N, <kind> 'NAME':``.
 
     Subclasses name what ``kind`` of place they point at (a manifest ``field``, a CSV ``column``).
@@ -175,9 +178,81 @@ class LocatedError(ValueError):
         self.file, self.line, self.where = str(file), line, where
 
 
+def _file_above(path: Path) -> Path | None:
+    """The first existing non-folder among ``path``'s parents (a folder cannot be made under it), or None."""
+    for parent in list(path.parents)[::-1]:
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def output_file(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Check that ``path`` can be written as a file (for option ``flag``) before any work; returns it as a Path.
+
+    Refused with a :class:`~lightning_emo.errors.UsageError`: an existing folder, a path below an
+    existing file, a suffix not in ``suffixes`` (when given).
+    """
+    path = Path(path)
+    if path.is_dir():
+        hint = f", e.g. {path / ('out' + suffixes[0])}" if suffixes else ""
+        raise UsageError(f"{flag} {path}: is a folder; give the path of the file to write{hint}")
+    above = _file_above(path)
+    if above is not None:
+        raise UsageError(f"{flag} {path}: {above} is a file, so nothing can be written below it; give another path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {path}: expected a {' or '.join(suffixes)} file name")
+    return path
+
+
+def output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Check that ``path`` can be (or is) a folder (for option ``flag``) before any work; returns it as a Path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, but a folder is written there; give a folder's path "
+                         "(it is created if needed)")
+    above = _file_above(path)
+    if above is not None:
+        raise UsageError(f"{flag} {path}: {above} is a file, so no folder can be made below it; give another path")
+    return path
+
+
+def check_device(device: str, flag: str = "--device"):
+    """``device`` as a ``torch.device`` if this machine has it; else a UsageError saying what is available."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"{flag} {device!r}: not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{flag} {device}: CUDA is not available on this machine (torch {torch.__version__}"
+                             f"{', built without CUDA' if torch.version.cuda is None else ', no GPU visible'}); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at each record (a captured or redirected stderr that was
+    replaced after setup would otherwise be written to closed, printing a logging traceback)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
     log.setLevel(level)

@@ -104,7 +104,7 @@ def test_prepare_validates_hand_written_manifest(tmp_path, capsys):
     bad.write_text("clip_id,path,label,split,speaker\na,a.wav,happy,train,s1\nb,missing.wav,happy,test,s2\n")
     code = main(["prepare", "--corpus", "manifest", "--root", str(tmp_path), "--manifest", str(bad),
                  "--classes", "happy", "sad", "--out", str(tmp_path / "out.csv")])
-    assert code == 1
+    assert code == 2
     assert "in.csv, line 3, field 'path': media file not found" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
 

@@ -310,7 +310,7 @@ def test_cli_select_and_errors(corpus, reference, tmp_path, capsys):
     assert derived.dim == 16 and (derived.path / "selector.safetensors").is_file()
     code = main(["--manifest", str(corpus), "--extractor", "hog", "--detector", "none", "--fps", "10",
                  "--out", str(tmp_path)])
-    assert code == 1 and "fps: 5.0 (store) vs 10.0 (requested)" in capsys.readouterr().err
+    assert code == 2 and "fps: 5.0 (store) vs 10.0 (requested)" in capsys.readouterr().err
 
 
 def test_default_decoding_workers_leave_the_cores_to_the_model(monkeypatch):

@@ -110,11 +110,11 @@ def test_push_pull_infer_round_trip(tiny, hub, tmp_path, capsys, caplog):
                        tmp_path / "main.json", "--quiet"], capsys)
     assert rc == 0, err and _predictions(tmp_path / "main.json") == _predictions(tmp_path / "local.json")
     hub.stop()
-    for ref in (f"hf-hub:org/tiny@{commit}", "hf-hub:org/tiny"):
+    for i, ref in enumerate((f"hf-hub:org/tiny@{commit}", "hf-hub:org/tiny")):
         rc, _, err = _run(["infer", tiny["clip"], "--model", ref, "--cache-dir", cache, "--offline", "--json",
-                           tmp_path / "offline.json", "--quiet"], capsys)
+                           tmp_path / f"offline{i}.json", "--quiet"], capsys)
         assert rc == 0, err
-        assert _predictions(tmp_path / "offline.json") == _predictions(tmp_path / "local.json")
+        assert _predictions(tmp_path / f"offline{i}.json") == _predictions(tmp_path / "local.json")
 
 
 def test_push_to_a_branch_keeps_the_pinned_commit(tiny, hub, tmp_path, capsys):
@@ -174,40 +174,40 @@ def test_push_refusals_name_the_cause_and_never_the_token(tiny, tmp_path, monkey
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     try:
         rc, out, err = _run(["push", tiny["export"], "--repo-id", "org/tiny"], capsys)
-        assert rc == 1 and "401" in err and "invalid or expired" in err
+        assert rc == 2 and "401" in err and "invalid or expired" in err
         assert f"Bearer {TOKEN}" in leaky.authorizations  # the server did get (and echo) it
         assert TOKEN not in out + err + caplog.text and "Traceback" not in err
 
         leaky.hang.add("create")
         start = time.monotonic()
         rc, out, err = _run(["push", tiny["export"], "--repo-id", "org/tiny"], capsys)
-        assert rc == 1 and f"no answer from {leaky.url} within 1 s" in err and "LIGHTNING_EMO_HUB_TIMEOUT" in err
+        assert rc == 2 and f"no answer from {leaky.url} within 1 s" in err and "LIGHTNING_EMO_HUB_TIMEOUT" in err
         assert time.monotonic() - start < 5
     finally:
         leaky.stop()
     rc, out, err = _run(["push", tiny["export"], "--repo-id", "org/tiny"], capsys)  # nothing listens now
-    assert rc == 1 and f"connection to {leaky.url} refused" in err and TOKEN not in err
+    assert rc == 2 and f"connection to {leaky.url} refused" in err and TOKEN not in err
 
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
     rc, out, err = _run(["push", tiny["export"], "--repo-id", "org/tiny"], capsys)
-    assert rc == 1 and "no Hugging Face token" in err
+    assert rc == 2 and "no Hugging Face token" in err
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     rc, out, err = _run(["push", tiny["export"], "--repo-id", "org/tiny"], capsys)
-    assert rc == 1 and "offline" in err
+    assert rc == 2 and "offline" in err
     broken = tmp_path / "not-a-model"
     broken.mkdir()
     rc, out, err = _run(["push", broken, "--repo-id", "org/tiny"], capsys)
-    assert rc == 1 and "lightning-emo export" in err
+    assert rc == 2 and "lightning-emo export" in err
 
 
 def test_offline_and_not_cached_says_so(tiny, hub, tmp_path, capsys):
     hub.add_commit("org/tiny", tree_from_folder(tiny["export"], HUB_FILES))
     rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/tiny", "--cache-dir", tmp_path / "c",
                          "--offline"], capsys)
-    assert rc == 1 and "not in the Hugging Face cache" in err and "offline" in err and "refused" not in err
+    assert rc == 2 and "not in the Hugging Face cache" in err and "offline" in err and "refused" not in err
     assert "Traceback" not in err and hub.requests == []
 
 
@@ -232,7 +232,7 @@ def test_a_refused_connection_is_reported_as_refused(tiny, hub, tmp_path, capsys
     url = hub.url
     hub.stop()
     rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/tiny", "--cache-dir", tmp_path / "c"], capsys)
-    assert rc == 1 and f"connection to {url} refused" in err and "offline" not in err and "Traceback" not in err
+    assert rc == 2 and f"connection to {url} refused" in err and "offline" not in err and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -243,7 +243,7 @@ def test_a_silent_hub_ends_the_download_within_the_stated_time(tiny, hub, tmp_pa
     hub.hang.add("resolve")
     start = time.monotonic()
     rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/tiny", "--cache-dir", tmp_path / "c"], capsys)
-    assert rc == 1 and f"no answer from {hub.url} in time" in err and "LIGHTNING_EMO_HUB_TIMEOUT" in err
+    assert rc == 2 and f"no answer from {hub.url} in time" in err and "LIGHTNING_EMO_HUB_TIMEOUT" in err
     assert "Traceback" not in err and time.monotonic() - start < 6 * 1 + 25 + 10
 
 

@@ -6,6 +6,7 @@ config ranges, DDP evaluation counting every clip once."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -307,15 +308,15 @@ def _rewrite_splits(src: Path, dst: Path, change) -> Path:
     (lambda f: None if f[3] == "val" else f, "no clips in split 'val'"),
     (lambda f: f[:3] + ["test"] + f[4:] if f[3] == "train" else f, "no clips in split 'train'"),
 ])
-def test_fit_refuses_corpora_that_cannot_train_before_any_work(tmp_path, change, text):
+def test_fit_refuses_corpora_that_cannot_train_before_any_work(tmp_path, change, text, capsys):
     from lightning_emo.cli import main
 
     make_toy_corpus(tmp_path, dims=(("audio", 6),))
     bad = _rewrite_splits(tmp_path / "manifest.csv", tmp_path / "bad", change)
-    with pytest.raises(CorpusError, match=text):
-        main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(bad), "--data.init_args.features",
-              str(tmp_path / "audio"), "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "bad",
-              *QUIET])
+    assert main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(bad), "--data.init_args.features",
+                 str(tmp_path / "audio"), "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "bad",
+                 *QUIET]) == 2  # one paragraph on stderr (lightning_emo.errors)
+    assert re.search(text, capsys.readouterr().err)
     assert not list(Path("runs").rglob("*.ckpt"))
 
 
@@ -725,10 +726,9 @@ def test_store_without_checksums_gets_them_recorded_once(tmp_path, caplog):
         FeatureStore.open(store.path).get("c0")
 
 
-def test_training_on_a_damaged_store_stops_before_any_checkpoint(tmp_path):
+def test_training_on_a_damaged_store_stops_before_any_checkpoint(tmp_path, capsys):
     """The reported bug: flipped bytes trained to a NaN loss and saved a "best" checkpoint."""
     from lightning_emo.cli import main
-    from lightning_emo.data.store import FeatureStoreError
 
     make_toy_corpus(tmp_path, dims=(("audio", 6),))
     seg = sorted((tmp_path / "audio" / "segments").glob("*.f16"))[0]
@@ -736,9 +736,10 @@ def test_training_on_a_damaged_store_stops_before_any_checkpoint(tmp_path):
     for i in range(1, len(raw), 97):
         raw[i] = 0x7E  # high bytes of float16 -> NaN / huge values
     seg.write_bytes(bytes(raw))
-    with pytest.raises(FeatureStoreError, match="does not match the checksum"):
-        main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
-              "--data.init_args.features", str(tmp_path / "audio"), "--trainer.max_epochs", "2", *QUIET])
+    capsys.readouterr()
+    assert main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
+                 "--data.init_args.features", str(tmp_path / "audio"), "--trainer.max_epochs", "2", *QUIET]) == 2
+    assert "does not match the checksum" in capsys.readouterr().err
     assert not list(Path("runs").rglob("*.ckpt"))
 
 
@@ -762,18 +763,31 @@ def test_zoo_entry_listing_other_classes_than_its_model_is_refused(tmp_path):
         Recognizer.from_pretrained("synthetic-demo", zoo=zoo)
 
 
-def test_fit_through_the_cli_stops_on_divergence_without_checkpointing_it(tmp_path):
+def test_fit_through_the_cli_stops_on_divergence_without_checkpointing_it(tmp_path, capsys):
     import torch
 
     from lightning_emo.cli import main
-    from lightning_emo.models.module import NonFiniteError
 
     make_toy_corpus(tmp_path, dims=(("audio", 6),))
-    with pytest.raises(NonFiniteError, match="diverged"):
-        main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
-              "--data.init_args.features", str(tmp_path / "audio"), "--data.init_args.batch_size", "4",
-              "--model.init_args.optimizer", "sgd", "--model.init_args.lr", "1e36",
-              "--model.init_args.input_norm", "false", "--trainer.max_epochs", "3", *QUIET])
+    assert main(["fit", "--config", str(AUDIO), "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
+                 "--data.init_args.features", str(tmp_path / "audio"), "--data.init_args.batch_size", "4",
+                 "--model.init_args.optimizer", "sgd", "--model.init_args.lr", "1e36",
+                 "--model.init_args.input_norm", "false", "--trainer.max_epochs", "3", *QUIET]) == 2
+    assert "diverged" in capsys.readouterr().err
     for f in Path("runs").rglob("*.ckpt"):  # last.ckpt / best: never a model with non-finite weights
         state = torch.load(f, map_location="cpu", weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), f
+
+
+@pytest.mark.parametrize("stage,change,text", [
+    ("test", lambda f: None if f[3] == "test" else f, "no clips in split 'test': nothing to score on"),
+    ("validate", lambda f: None if f[3] == "val" else f, "no clips in split 'val': there is nothing to validate"),
+])
+def test_validate_and_test_refuse_an_empty_split(toy_run, stage, change, text, capsys):
+    from lightning_emo.cli import main
+
+    root, run, best, _ = toy_run
+    bad = _rewrite_splits(root / "manifest.csv", root / f"no_{stage}", change)
+    assert main([stage, "--config", str(run / "config.yaml"), "--ckpt_path", str(best), "--data.init_args.manifest",
+                 str(bad), *QUIET]) == 2  # one paragraph (lightning_emo.errors)
+    assert text in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_prepare_with_label_map(corpora, tmp_path, capsys):
     bad.write_text("fearful: feared\n")
     code = main(["prepare", "--corpus", "ravdess", "--root", str(ravdess.root), "--out", str(tmp_path / "x.csv"),
                  "--label-map", str(bad), "--classes", *crema.classes])
-    assert code == 1 and "bad.yaml, line 1, key 'fearful': maps 'fearful' to 'feared'" in capsys.readouterr().err
+    assert code == 2 and "bad.yaml, line 1, key 'fearful': maps 'fearful' to 'feared'" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -158,7 +158,7 @@ def test_prepare_refuses_a_corpus_left_without_validation_or_test_clips(case, tm
     else:
         corpus, extra, hint = write_corpus(tmp_path / "c", speakers=1, per_class=1, seconds=0.4), [], \
             "speaker_pattern=REGEX"
-    assert _prepare(corpus, *extra) == 1
+    assert _prepare(corpus, *extra) == 2
     err = capsys.readouterr().err
     assert "no clips in split" in err and hint in err and "Nothing was written" in err, err
     assert not Path("data/m/manifest.csv").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -26,6 +27,11 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
         assert (fusion / name).is_file(), name
     protocol = json.loads((out / "protocol.json").read_text())
     assert set(protocol["predictions"]) == {"compare", "mfcc", "hog", "hog_sel256"}
+    # the stores the heads trained on (a selected set's derived store), as `export --run` reads them
+    assert protocol["stores"]["hog_sel256"].endswith("-sel256") and protocol["extracted"]["hog_sel256"].endswith("fps5")
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog_sel256", "--rule", "lr",
+                 "--out", str(tmp_path / "exported")]) == 0
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
     for path in protocol["predictions"].values():
         preds = read_predictions(path)
         assert set(preds.splits) == {"train", "val", "test"} and len(preds.clip_ids) == 28
@@ -37,13 +43,6 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows if r["metric"] == "WA")
     assert "bootstrap over test clips" in (out / "summary.md").read_text()
     assert "Recommended (highest validation WA)" in printed
-    # the README's export of the split's selected set: the store recorded is the selected one (its selector ships)
-    assert protocol["stores"]["hog_sel256"].endswith("-sel256")
-    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog_sel256", "--rule", "prior",
-                 "--out", str(tmp_path / "model")]) == 0
-    from lightning_emo.hub import Recognizer
-
-    assert Recognizer.from_pretrained(str(tmp_path / "model")).config["modalities"]["video"]["selector"]["k"] == 256
 
     # a re-run reuses stores and trained heads instead of recomputing them
     caplog.set_level(logging.INFO, logger="lightning_emo")
@@ -52,9 +51,10 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
     assert "reusing" in caplog.text
 
 
-def test_protocol_needs_both_modalities(tmp_path):
-    with pytest.raises(ValueError, match="at least one audio and one video"):
-        main(["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(tmp_path), "--video", "{}"])
+def test_protocol_needs_both_modalities(tmp_path, capsys):
+    assert main(["reproduce", "--config", "configs/reproduce/synthetic.yaml", "--out", str(tmp_path),
+                 "--video", "{}"]) == 2
+    assert "at least one audio and one video" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog, capsys
     assert fused["params"]["micro_f1"] == state["params"]["micro_f1"]
     # `export --run` on the whole output names a run to export instead of looking for heads at the top
     capsys.readouterr()
-    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) == 1
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) != 0
     assert f"holds 2 runs (folds x seeds), each with its own heads: export one of them, e.g. --run {out / 'folds'}" \
         in capsys.readouterr().err
     assert main(["export", "--run", str(run), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) == 0
@@ -192,8 +192,9 @@ def test_reproduce_three_seeds_resumes_after_a_real_kill(tmp_path, caplog):
     (["--select_metric", "auc"], "select_metric must be one of"),
     (["--crossfit", "1"], "crossfit must be 0"),
 ])
-def test_bad_protocol_options_stop_before_any_work(tmp_path, extra, message):
+def test_bad_protocol_options_stop_before_any_work(tmp_path, extra, message, capsys):
     out = tmp_path / "bad"
-    with pytest.raises(ValueError, match=message):
-        main(_fold_args(out, *extra))
+    assert main(_fold_args(out, *extra)) == 2  # one paragraph (lightning_emo.errors), no traceback
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
     assert not (out / "features").exists()  # nothing extracted

@@ -189,7 +189,7 @@ def test_export_loads_as_face_cnn_and_runs_extract_with_selection(trained, tmp_p
 
     assert export_main(["--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "cli.safetensors")]) == 0
     assert export_main(["--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "x.safetensors"),
-                        "--kind", "speech"]) == 1
+                        "--kind", "speech"]) == 2
 
 
 def test_pretrain_cli_fit_with_shipped_config(faces, tmp_path, monkeypatch):

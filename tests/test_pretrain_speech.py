@@ -336,7 +336,7 @@ def test_export_loads_as_speech_dnn_extractor_and_runs_extract(trained, tmp_path
     # the command-line form, and a checkpoint of the wrong kind
     assert export_main(["--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "cli.safetensors")]) == 0
     assert (tmp_path / "cli.vocab.json").is_file()
-    assert export_main(["--ckpt", str(tmp_path / "nothing.ckpt"), "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert export_main(["--ckpt", str(tmp_path / "nothing.ckpt"), "--out", str(tmp_path / "x.safetensors")]) == 2
 
 
 def test_bottleneck_variant_exports_to_speech_bottleneck(asr_corpus, tmp_path):

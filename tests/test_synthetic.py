@@ -210,8 +210,8 @@ def test_synth_command(tmp_path, capsys):
     assert "7 clips, 7 classes" in printed and "speakers:" in printed and "wrote" in printed
     m = read_manifest(out / "manifest.csv")
     assert len(m) == 7 and m.classes == CLASSES and all(m.media_path(c).is_file() for c in m.clips)
-    with pytest.raises(SystemExit):
-        cli_main(["synth", "--out", str(out), "--size", "33"])
+    assert cli_main(["synth", "--out", str(out), "--size", "33"]) == 2
+    assert "size=33 (--size): expected an even number of pixels" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ informativeness

@@ -226,7 +226,7 @@ def test_cli_extract_downloads_reuses_refuses_and_works_offline(face_clip, mirro
         if env:
             monkeypatch.setenv("HF_HUB_OFFLINE", env)
         rc, out, err = _extract(capsys, face_clip, tmp_path / "run3", *args)
-        assert rc == 1 and "Traceback" not in err
+        assert rc == 2 and "Traceback" not in err
         assert file in err and str(cache) in err and f"{base}/weights/{file}" in err and "offline" in err
     monkeypatch.delenv("HF_HUB_OFFLINE")
 
@@ -237,7 +237,7 @@ def test_cli_extract_downloads_reuses_refuses_and_works_offline(face_clip, mirro
         rc, out, err = _extract(capsys, face_clip, tmp_path / "run4", *hubert)
     finally:
         server.stop()
-    assert rc == 1 and "incomplete" in err and "Traceback" not in err
+    assert rc == 2 and "incomplete" in err and "Traceback" not in err
     assert not torch_hub_checkpoint(HUBERT_FILE).exists() and _no_leftovers(torch_hub_checkpoint("x").parent) == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -100,7 +101,7 @@ def test_second_extract_process_is_refused_naming_the_first_then_waits_with_wait
     try:
         _wait_for(lambda: _holder(store).get("pid") == first.pid)
         second = _cli(args, tmp_path)
-        assert second.returncode == 1
+        assert second.returncode == 2
         assert f"pid {first.pid} on " in second.stderr and "being written by another run" in second.stderr
         waited = _cli([*args, "--wait"], tmp_path)  # blocks until the first is done, then finds nothing left
         assert waited.returncode == 0, waited.stderr[-2000:]
@@ -122,7 +123,7 @@ def test_extract_refuses_a_store_another_run_holds_and_waits_for_it_with_wait(co
     args = [*EXTRACT[1:], "--manifest", str(corpus), "--out", str(tmp_path / "features")]
     (tmp_path / "features" / "mfcc").mkdir(parents=True)
     lock = RunLock(tmp_path / "features" / "mfcc", command="lightning-emo extract (the other run)")
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert f"pid {os.getpid()} on " in err and "lightning-emo extract (the other run)" in err
     assert "nothing was done" in err and "--wait" in err and _committed(tmp_path / "features" / "mfcc") == 0
@@ -158,7 +159,7 @@ def test_extract_on_a_full_disk_names_the_file_and_what_was_kept(corpus, tmp_pat
     args = [*EXTRACT, "--manifest", str(corpus), "--out", str(tmp_path / "features"), "--batch-size", "2",
             "--commit-every", "2"]
     full = _cli(args, tmp_path, preexec_fn=_limit_file_size(40_000))
-    assert full.returncode == 1
+    assert full.returncode == 2
     err = full.stderr
     assert "file-size limit was reached while writing" in err and "segments" in err and "Traceback" not in err
     assert "keeps every clip committed before" in err and "resumes after the committed clips" in err
@@ -190,9 +191,7 @@ def test_synth_refuses_a_folder_with_a_users_manifest(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "manifest.csv").write_text("clip_id,path,label,split,speaker\nmy,my.wav,happy,train,s1\n")
-    with pytest.raises(SystemExit) as exit_:
-        main(["--out", str(out), "--clips-per-class", "1", "--size", "32", "--quiet"])
-    assert exit_.value.code == 2
+    assert main(["--out", str(out), "--clips-per-class", "1", "--size", "32", "--quiet"]) == 2
     assert (out / "manifest.csv").read_text().startswith("clip_id,path,label,split,speaker\nmy,")
     assert not (out / "clips").exists()
 
@@ -202,13 +201,11 @@ def test_prepare_refuses_an_existing_csv_or_an_unrelated_sidecar(corpus, tmp_pat
 
     args = ["--corpus", "manifest", "--manifest", str(corpus), "--root", str(corpus.parent)]
     (tmp_path / "x.json").write_text('{"mine": true}\n')  # someone's file beside the CSV-to-be
-    with pytest.raises(SystemExit) as exit_:
-        main([*args, "--out", str(tmp_path / "x.csv")])
-    assert exit_.value.code == 2 and "x.json already exists" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x.csv")]) == 2
+    assert "x.json already exists" in capsys.readouterr().err
     assert (tmp_path / "x.json").read_text() == '{"mine": true}\n' and not (tmp_path / "x.csv").exists()
     assert main([*args, "--out", str(tmp_path / "y.csv")]) == 0
-    with pytest.raises(SystemExit):
-        main([*args, "--out", str(tmp_path / "y.csv")])  # a second time: refused too
+    assert main([*args, "--out", str(tmp_path / "y.csv")]) == 2  # a second time: refused too
     assert main([*args, "--out", str(tmp_path / "y.csv"), "--overwrite"]) == 0
 
 
@@ -256,14 +253,14 @@ def test_infer_timelines_of_same_named_files_never_collide_and_outputs_are_not_r
     assert docs["a-clip.timeline.json"]["file"] == str(a) and docs["b-clip.timeline.json"]["file"] == str(b)
     before = (tmp_path / "tl" / "a-clip.timeline.csv").read_text()
     capsys.readouterr()
-    assert main(args) == 1  # a second time: refused before any work, naming the files
+    assert main(args) == 2  # a second time: refused before any work, naming the files
     err = capsys.readouterr().err
     assert "a-clip.timeline.csv" in err and "--overwrite" in err
     assert (tmp_path / "tl" / "a-clip.timeline.csv").read_text() == before
     assert main([*args, "--overwrite"]) == 0
     # per-clip outputs: --json / --csv
     (tmp_path / "p.json").write_text("mine")
-    assert main(["infer", str(a), "--model", str(tiny["export"]), "--json", str(tmp_path / "p.json"), "--quiet"]) == 1
+    assert main(["infer", str(a), "--model", str(tiny["export"]), "--json", str(tmp_path / "p.json"), "--quiet"]) == 2
     assert (tmp_path / "p.json").read_text() == "mine"
 
 
@@ -274,7 +271,7 @@ def test_export_refuses_a_folder_holding_an_exported_model(tiny, tmp_path, capsy
             str(tiny["rule"]), "--features", f"video={tiny['store']}", "--out", str(tmp_path / "m")]
     assert main(args) == 0
     config = (tmp_path / "m" / "config.json").read_bytes()
-    assert main(args) == 1
+    assert main(args) == 2
     assert "config.json" in capsys.readouterr().err and (tmp_path / "m" / "config.json").read_bytes() == config
     assert main([*args, "--overwrite"]) == 0
 
@@ -296,8 +293,9 @@ def test_predict_refuses_an_existing_predictions_csv_before_predicting(tmp_path,
     args = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
     assert main(args) == 0
     before = (run / "predictions.csv").read_text()
-    with pytest.raises(OutputExistsError, match=r"predictions\.csv already exists.*--predictions\.overwrite true"):
-        main(args)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert re.search(r"predictions\.csv already exists.*--predictions\.overwrite true", capsys.readouterr().err)
     assert (run / "predictions.csv").read_text() == before
     assert main([*args, "--predictions.overwrite", "true"]) == 0
 

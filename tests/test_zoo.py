@@ -158,4 +158,4 @@ def test_export_from_a_demo_run_folder(tiny, tmp_path, capsys):
     assert get_entry("synthetic-demo", zoo).split_protocol == config["split_protocol"]
     rc = cli_main(["export", "--run", str(run), "--audio", "mfcc", "--video", "hog", "--rule", "cascade_audio",
                    "--out", str(tmp_path / "x")])
-    assert rc == 1 and "rules fitted for mfcc+hog are in prior" in capsys.readouterr().err
+    assert rc == 2 and "rules fitted for mfcc+hog are in prior" in capsys.readouterr().err

@@ -22,7 +22,9 @@ from typing import Any, Iterable, Sequence
 
 from lightning_emo.utils import LocatedError, log
 
-USES = ("prepare", "train", "evaluate", "prior", "lr_fusion", "reproduce")
+USES = ("prepare", "train", "validate", "evaluate", "prior", "lr_fusion", "reproduce")
+# the Lightning stage -> the use its data must serve (predict scores nothing: any clips do)
+STAGE_USES = {"fit": "train", "validate": "validate", "test": "evaluate"}
 
 
 class ClassListError(LocatedError):
@@ -127,8 +129,8 @@ def check_splits(
         clips: manifest ``Clip``s (``split``, ``label``, ``speaker``), or ``(split, label[, speaker])`` tuples.
         classes: the class list (every class should be learnable and scorable).
         use: ``prepare`` (splits already assigned; warn only), ``train`` (fit: training clips of
-            every class and validation clips to select checkpoints on), ``evaluate`` (scores on
-            the test split), ``prior`` (the fusion prior = validation micro-F1), ``lr_fusion``
+            every class and validation clips to select checkpoints on), ``validate`` (scores on
+            the validation split), ``evaluate`` (scores on the test split), ``prior`` (the fusion prior = validation micro-F1), ``lr_fusion``
             (logistic regression fitted on validation posteriors), ``reproduce`` (all of these).
         source: the file the clips come from (named in messages).
         val_split, test_split: the split names used for validation and testing.
@@ -165,7 +167,7 @@ def check_splits(
         raise CorpusError(source, message, where=split)
 
     train_needed = use in ("prepare", "train", "reproduce")
-    val_needed = use in ("prepare", "train", "prior", "lr_fusion", "reproduce")
+    val_needed = use in ("prepare", "train", "validate", "prior", "lr_fusion", "reproduce")
     test_needed = use in ("evaluate", "reproduce")
 
     if train_needed:
@@ -182,7 +184,7 @@ def check_splits(
     if val_needed:
         val = by_split.get(val_split, Counter())
         if not sum(val.values()):
-            why = {"prepare": "training selects checkpoints on it",
+            why = {"prepare": "training selects checkpoints on it", "validate": "there is nothing to validate on",
                    "train": "checkpoints are selected and training stops early on validation accuracy",
                    "prior": "the fusion prior is the validation micro-F1",
                    "lr_fusion": "LR fusion is fitted on validation posteriors",
@@ -226,4 +228,4 @@ def check_splits(
     return warnings
 
 
-__all__ = ["ClassListError", "CorpusError", "match_classes", "check_splits", "USES"]
+__all__ = ["ClassListError", "CorpusError", "match_classes", "check_splits", "USES", "STAGE_USES"]

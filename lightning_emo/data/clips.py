@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_emo.data.corpora.cheavd import CLASSES as CHEAVD_CLASSES
-from lightning_emo.data.checks import check_splits
+from lightning_emo.data.checks import STAGE_USES, check_splits
 from lightning_emo.data.samplers import eval_sampler, padding_item
 from lightning_emo.data.manifest import SPLITS, Clip, Manifest, ManifestError, read_manifest, sidecar_path
 from lightning_emo.data.media import MediaError, MissingStreamError, load_audio, load_frames
@@ -308,9 +308,9 @@ class ClipDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         manifest = self.manifest  # read (and validate) early, with a clear error
-        if stage == "fit":  # before any work: a corpus that cannot train and select checkpoints is refused
-            check_splits(manifest.clips, manifest.classes, "train", manifest.source,
-                         warn=self.trainer is None or self.trainer.is_global_zero)
+        if stage in STAGE_USES:  # before any work: splits that cannot serve the stage are refused
+            check_splits(manifest.clips, manifest.classes, STAGE_USES[stage], manifest.source,
+                         warn=stage == "fit" and (self.trainer is None or self.trainer.is_global_zero))
 
     def _loader(self, ds: ClipDataset, train: bool) -> DataLoader:
         # evaluation under DDP: each clip on exactly one process, never a padded repeat (metrics count it once)

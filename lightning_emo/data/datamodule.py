@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from lightning_emo.data.checks import check_splits
+from lightning_emo.data.checks import STAGE_USES, check_splits
 from lightning_emo.data.manifest import Clip, read_manifest
 from lightning_emo.data.samplers import LengthBucketSampler, eval_sampler, padding_item
 from lightning_emo.data.store import FeatureStore, FeatureStoreError, absent_message
@@ -262,9 +262,10 @@ class FeatureDataModule(pl.LightningDataModule):
     # ---- Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
-        if stage == "fit":  # before any work: a corpus that cannot train and select checkpoints is refused
-            check_splits(self._clips["train"] + self._clips["val"] + self._clips["test"], self.classes, "train",
-                         self.manifest.source, warn=self.trainer is None or self.trainer.is_global_zero)
+        if stage in STAGE_USES:  # before any work: splits that cannot serve the stage are refused
+            check_splits(self._clips["train"] + self._clips["val"] + self._clips["test"], self.classes,
+                         STAGE_USES[stage], self.manifest.source,
+                         warn=stage == "fit" and (self.trainer is None or self.trainer.is_global_zero))
         for split in ("train", "val", "test"):
             self.datasets[split] = FeatureDataset(self.stores, self._clips[split], self.classes,
                                                   self.max_frames if split == "train" else None)

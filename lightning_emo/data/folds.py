@@ -39,11 +39,12 @@ from typing import Sequence
 import numpy as np
 
 from lightning_emo.data.manifest import Clip, Manifest, ManifestError
+from lightning_emo.errors import UserError
 
 SCHEMES = ("split", "kfold", "loso", "logo", "files")
 
 
-class FoldError(ValueError):
+class FoldError(UserError, ValueError):
     """Folds that cannot be built as asked (too few speakers, no group column, a bad fold file)."""
 
 

@@ -13,8 +13,10 @@ from typing import Any, Mapping
 import numpy as np
 import xxhash
 
+from lightning_emo.errors import UserError
 
-class FeatureStoreError(RuntimeError):
+
+class FeatureStoreError(UserError, RuntimeError):
     """A store that cannot be used as asked; the message names the store and what was expected.
 
     Defined here, below the store, so that these checks raise the store's own error; import it

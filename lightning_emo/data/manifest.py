@@ -178,6 +178,17 @@ def _check_header(file: Path, header: list[str]) -> None:
         seen[name] = i
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text; a file in another encoding (latin-1, cp1252) is refused naming the first bad line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ManifestError(path, f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); manifests are "
+                            "UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 IN.csv > OUT.csv`", line) from None
+
+
 def _check_classes(classes: Sequence[str], file: Path) -> list[str]:
     """The class list as distinct, non-empty names; a duplicate would make two label indices one name."""
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
@@ -201,7 +212,7 @@ def _check_inside_root(file: Path, line: int, clip_path: str) -> None:
     owner's own arrangement (media kept on another disk) and are followed.
     """
     p = clip_path.replace("\\", "/")
-    if os.path.isabs(clip_path) or p.startswith("/") or (len(p) > 1 and p[1] == ":"):
+    if os.path.isabs(clip_path) or p.startswith("/") or (len(p) > 2 and p[0].isalpha() and p[1:3] == ":/"):
         raise ManifestError(file, f"absolute media path {clip_path!r}: paths must be relative to the corpus root "
                             "(see the sidecar's 'root' or --root)", line, "path")
     depth = 0
@@ -240,7 +251,7 @@ def read_manifest(
     meta: dict = {}
     if sidecar_path(path).is_file():
         try:
-            meta = json.loads(sidecar_path(path).read_text())
+            meta = json.loads(_read_utf8(sidecar_path(path)))
         except json.JSONDecodeError as e:
             raise ManifestError(sidecar_path(path), f"not valid JSON ({e})", e.lineno) from None
     notes: list[str] = []
@@ -248,7 +259,7 @@ def read_manifest(
         root = (path.parent / meta["root"]) if "root" in meta else path.parent
     root = Path(root)
 
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_read_utf8(path), newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)

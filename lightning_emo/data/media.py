@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # torch is imported where tensors are made, so that writing media (``lightning-emo synth``)
 # does not pay for importing it.
 
+from lightning_emo.errors import UserError
 from lightning_emo.utils import atomic_path
 
 # Suffix -> container format for the writers (the temporary file of an atomic write has no
@@ -41,7 +42,7 @@ _EPS = 1e-6
 AUDIO_PREROLL = 0.5  # seconds decoded before an audio seek target and dropped
 
 
-class MediaError(ValueError):
+class MediaError(UserError, ValueError):
     """A media file that cannot be used as asked; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, message: str):

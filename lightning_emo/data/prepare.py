@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 
 from lightning_emo.data.checks import CorpusError, check_splits
 from lightning_emo.data.corpora import CORPORA
-from lightning_emo.data.labelmap import LabelMapError, apply_label_map
-from lightning_emo.data.manifest import (
-    DEFAULT_RATIOS,
-    SPLITS,
-    Manifest,
-    ManifestError,
-    assign_splits,
-    read_manifest,
-    sidecar_path,
-)
-from lightning_emo.utils import OutputExistsError, check_outputs
+from lightning_emo.data.labelmap import apply_label_map
+from lightning_emo.data.manifest import DEFAULT_RATIOS, SPLITS, Manifest, assign_splits, read_manifest, sidecar_path
+from lightning_emo.errors import UsageError, UserError, command
+from lightning_emo.utils import check_outputs, output_file
 
 SPEAKER_HINT = ("--option speaker_pattern=REGEX (its first group, searched in each file name, is the speaker: "
                 "'^([^_]+)_' reads spk01 from spk01_0003.wav)")
@@ -60,12 +54,21 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
     options = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--option expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         options[key.replace("-", "_")] = value
     return options
 
 
+def check_ratios(ratios) -> None:
+    """Refuse split ratios that cannot split a corpus: negative or non-finite ones, or no share for train."""
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or not ratios[0] > 0:
+        raise UsageError(f"--ratios {' '.join(f'{r:g}' for r in ratios)}: expected three non-negative numbers (train, "
+                         "val, test) with a positive train share, e.g. 0.7 0.1 0.2 (0 leaves a split out: "
+                         "0.8 0.2 0 writes no test split)")
+
+
+@command("prepare")
 def main(argv: list[str] | None = None) -> int:
     names = ", ".join(CORPORA.names())
     parser = argparse.ArgumentParser(
@@ -96,50 +99,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.label_map and not args.classes:
         parser.error("--label-map needs --classes: the target class list the labels are mapped onto")
-    try:
-        # the CSV and its sidecar: an unrelated x.json beside x.csv is the user's too
-        check_outputs([args.out, sidecar_path(args.out)], args.overwrite)
-    except OutputExistsError as e:
-        parser.exit(2, f"lightning-emo prepare: {e}\n")
-    try:
-        if args.corpus == "manifest":
-            if not args.manifest:
-                parser.error("--corpus manifest needs --manifest IN.csv")
-            manifest = read_manifest(args.manifest, root=args.root, classes=None if args.label_map else args.classes)
-        else:
-            if args.corpus not in CORPORA:
-                parser.error(f"unknown corpus {args.corpus!r}; known: {names}, manifest")
-            prepare = CORPORA.get(args.corpus)
-            options = _parse_options(args.option)
-            accepted = inspect.signature(prepare).parameters
-            for key in options:
-                if key not in accepted:
-                    parser.error(f"adapter {args.corpus!r} has no option {key!r} "
-                                 f"(options: {', '.join(k for k in accepted if k != 'root')})")
-            if args.classes and "classes" in accepted and not args.label_map:
-                options["classes"] = args.classes
-            try:
-                manifest = prepare(args.root, **options)
-            except ManifestError:
-                raise
-            except ValueError as e:  # an option value the adapter does not know: a usage error
-                parser.error(f"--corpus {args.corpus}: {e}")
-        if args.label_map:
-            manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
-        assigning = args.resplit or any(not c.split for c in manifest.clips)
-        manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
-                                 by=args.split_by)
-        if assigning:
-            check_assigned_splits(manifest, args.ratios, args.manifest or args.root)
-        out = manifest.write(args.out)
-        # Read back what was written: the same validation every other command applies. The
-        # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
-        counted = manifest.notes
-        manifest = read_manifest(out)
-        manifest.notes = counted + [n for n in manifest.notes if n not in counted]
-    except (ManifestError, LabelMapError, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    check_ratios(args.ratios)
+    output_file(args.out, "--out", suffixes=(".csv",))
+    # the CSV and its sidecar: an unrelated x.json beside x.csv is the user's too
+    check_outputs([args.out, sidecar_path(args.out)], args.overwrite)
+    if args.corpus == "manifest":
+        if not args.manifest:
+            parser.error("--corpus manifest needs --manifest IN.csv")
+        manifest = read_manifest(args.manifest, root=args.root, classes=None if args.label_map else args.classes)
+    else:
+        if args.corpus not in CORPORA:
+            parser.error(f"unknown corpus {args.corpus!r}; known: {names}, manifest")
+        prepare = CORPORA.get(args.corpus)
+        options = _parse_options(args.option)
+        accepted = inspect.signature(prepare).parameters
+        for key in options:
+            if key not in accepted:
+                parser.error(f"adapter {args.corpus!r} has no option {key!r} "
+                             f"(options: {', '.join(k for k in accepted if k != 'root')})")
+        if args.classes and "classes" in accepted and not args.label_map:
+            options["classes"] = args.classes
+        try:
+            manifest = prepare(args.root, **options)
+        except UserError:
+            raise
+        except ValueError as e:  # an option value the adapter does not know: a usage error
+            parser.error(f"--corpus {args.corpus}: {e}")
+    if args.label_map:
+        manifest, _ = apply_label_map(manifest, args.label_map, args.classes)
+    assigning = args.resplit or any(not c.split for c in manifest.clips)
+    manifest = assign_splits(manifest, ratios=args.ratios, seed=args.seed, overwrite=args.resplit,
+                             by=args.split_by)
+    if assigning:
+        check_assigned_splits(manifest, args.ratios, args.manifest or args.root)
+    out = manifest.write(args.out)
+    # Read back what was written: the same validation every other command applies. The
+    # adapter's and the label map's counts (what was skipped, and why) stay in the summary.
+    counted = manifest.notes
+    manifest = read_manifest(out)
+    manifest.notes = counted + [n for n in manifest.notes if n not in counted]
     print(manifest.summary())
     print(f"wrote {out}")
     # What training, evaluation and fusion will refuse or weigh less, said now rather than later.

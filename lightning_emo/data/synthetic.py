@@ -39,7 +39,8 @@ from lightning_emo.console import track
 from lightning_emo.data.corpora.cheavd import CLASSES
 from lightning_emo.data.manifest import Clip, Manifest, assign_splits, read_manifest
 from lightning_emo.data.media import write_video
-from lightning_emo.utils import OutputExistsError, atomic_write_text, check_outputs
+from lightning_emo.errors import UsageError, command
+from lightning_emo.utils import atomic_write_text, check_outputs, output_dir
 
 SYNTH_VERSION = 1  # bump whenever the same parameters would give different media
 CORPUS_NAME = "synthetic"
@@ -541,6 +542,40 @@ def _up_to_date(out: Path, config: SynthConfig) -> bool:
     return True
 
 
+# Bounds checked before any work (a billion clips per class was an out-of-memory kill, not an error).
+MAX_CLIPS_PER_CLASS = 10_000
+MAX_SPEAKERS = 10_000
+FPS_RANGE = (1.0, 120.0)
+SIZE_RANGE = (16, 1024)
+SPEECH_RANGE = (0.1, 60.0)  # seconds of speech per clip
+DEFAULT_SPEECH = (0.8, 4.8)
+AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+def check_parameters(clips_per_class: int, num_speakers: int, fps: float, size: int, sample_rate: int,
+                     min_speech: float, max_speech: float) -> None:
+    """Refuse generation parameters outside what the corpus can be made with, naming the option and its range."""
+    def bad(name: str, value, expected: str) -> UsageError:
+        flag = "" if "," in name else f" (--{name.replace('_', '-')})"
+        return UsageError(f"{name}={value!r}{flag}: expected {expected}")
+
+    if not isinstance(clips_per_class, int) or not 1 <= clips_per_class <= MAX_CLIPS_PER_CLASS:
+        raise bad("clips_per_class", clips_per_class, f"a whole number from 1 to {MAX_CLIPS_PER_CLASS}")
+    if not isinstance(num_speakers, int) or not 1 <= num_speakers <= MAX_SPEAKERS:
+        raise bad("num_speakers", num_speakers, f"a whole number from 1 to {MAX_SPEAKERS}")
+    if not (math.isfinite(fps) and FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
+        raise bad("fps", fps, f"frames per second from {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g}")
+    if not isinstance(size, int) or not SIZE_RANGE[0] <= size <= SIZE_RANGE[1] or size % 2:
+        raise bad("size", size, f"an even number of pixels from {SIZE_RANGE[0]} to {SIZE_RANGE[1]} (H.264 "
+                  "needs even sizes)")
+    if sample_rate not in AAC_SAMPLE_RATES:
+        raise bad("sample_rate", sample_rate, f"one of the AAC rates {', '.join(map(str, AAC_SAMPLE_RATES))} Hz")
+    if not (math.isfinite(min_speech) and math.isfinite(max_speech)
+            and SPEECH_RANGE[0] <= min_speech <= max_speech <= SPEECH_RANGE[1]):
+        raise bad("min_speech, max_speech", (min_speech, max_speech),
+                  f"seconds with {SPEECH_RANGE[0]:g} <= min_speech <= max_speech <= {SPEECH_RANGE[1]:g}")
+
+
 def synthesize(
     out: str | Path,
     clips_per_class: int = 30,
@@ -549,8 +584,8 @@ def synthesize(
     fps: float = 15.0,
     size: int = 112,
     sample_rate: int = 16000,
-    min_speech: float = 0.8,
-    max_speech: float = 4.8,
+    min_speech: float = DEFAULT_SPEECH[0],
+    max_speech: float = DEFAULT_SPEECH[1],
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -565,12 +600,7 @@ def synthesize(
     names that this function did not write (no ``synth.json``: someone's ``manifest.csv``) is
     refused (:class:`~lightning_emo.utils.OutputExistsError`) unless ``overwrite``.
     """
-    if clips_per_class < 1 or num_speakers < 1:
-        raise ValueError(f"clips_per_class and num_speakers must be >= 1, got {clips_per_class}, {num_speakers}")
-    if size < 16 or size % 2:
-        raise ValueError(f"size must be an even number of pixels >= 16, got {size}")
-    if not 0 < min_speech <= max_speech:
-        raise ValueError(f"need 0 < min_speech <= max_speech, got {min_speech}, {max_speech}")
+    check_parameters(clips_per_class, num_speakers, fps, size, sample_rate, min_speech, max_speech)
     config = SynthConfig(clips_per_class, seed, num_speakers, float(fps), size, sample_rate, min_speech, max_speech)
     out = Path(out)
     if not overwrite and _up_to_date(out, config):
@@ -616,6 +646,7 @@ def synthesize(
     return path
 
 
+@command("synth")
 def main(argv: list[str] | None = None) -> int:
     """``lightning-emo synth``: write the synthetic corpus and print its manifest summary."""
     parser = argparse.ArgumentParser(
@@ -634,13 +665,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    try:
-        path = synthesize(args.out, args.clips_per_class, args.seed, args.num_speakers, args.fps, args.size,
-                          args.sample_rate, overwrite=args.overwrite, progress=not args.quiet)
-    except OutputExistsError as e:
-        parser.exit(2, f"lightning-emo synth: {e}\n")
-    except ValueError as e:
-        parser.error(str(e))
+    check_parameters(args.clips_per_class, args.num_speakers, args.fps, args.size, args.sample_rate,
+                     *DEFAULT_SPEECH)
+    output_dir(args.out, "--out")
+    path = synthesize(args.out, args.clips_per_class, args.seed, args.num_speakers, args.fps, args.size,
+                      args.sample_rate, overwrite=args.overwrite, progress=not args.quiet)
     print(read_manifest(path).summary())
     print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     return 0

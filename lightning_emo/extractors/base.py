@@ -16,16 +16,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from lightning_emo.errors import ConfigError, UserError
 from lightning_emo.registry import Registry
 from lightning_emo.specs import WEIGHT_KINDS, ExtractorSpec, WeightsSource  # noqa: F401 (re-exported)
 from lightning_emo.utils import sha256_file  # noqa: F401 (re-exported)
 from lightning_emo.extractors.weights import WeightsNotFoundError  # noqa: F401 (re-exported)
 
 EXTRACTORS: Registry = Registry("extractor")
+# Which module registers which extractors: a recognizer that uses MFCC never imports the face stack
+# (torchvision, facenet-pytorch). tests/test_infer.py checks this table against the modules.
+for _module, _names in {
+    "audio": ("mfcc", "compare"),
+    "ssl": ("wav2vec2_base", "wav2vec2_large", "wav2vec2_asr_base", "hubert_base", "hubert_large", "wavlm_base",
+            "wavlm_base_plus", "wavlm_large"),
+    "speech_dnn": ("speech_dnn", "speech_bottleneck"),
+    "face": ("hog", "facenet_vggface2", "facenet_casia", "timm"),
+    "face_cnn": ("face_cnn",),
+}.items():
+    EXTRACTORS.add_lazy(f"lightning_emo.extractors.{_module}", _names)
+
+
 
 class Extractor(nn.Module):
     """Base class: holds the spec and checks inputs against it."""
@@ -56,9 +71,33 @@ class Extractor(nn.Module):
         raise NotImplementedError
 
 
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse options extractor ``name``'s builder does not take, naming them and the ones it does."""
+    import inspect
+
+    params = inspect.signature(EXTRACTORS.get(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        known = ", ".join(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL) or "none"
+        raise ConfigError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))} (its options: {known}); "
+                          "fix or drop it (`--option KEY=VALUE` on the command line)")
+
+
+def _shown(options: Mapping[str, Any]) -> str:
+    return f" ({', '.join(f'{k}={v!r}' for k, v in options.items())})" if options else ""
+
+
 def build_extractor(name: str, frozen: bool = True, **options) -> Extractor:
     """Build a registered extractor by name; frozen (eval mode, no gradients) by default."""
-    extractor = EXTRACTORS.build(name, **options)
+    check_options(name, options)
+    try:
+        extractor = EXTRACTORS.build(name, **options)
+    except ValueError as e:  # the builder refused an option's value (cmvn, layer, a weights file that does not fit)
+        if isinstance(e, UserError):
+            raise
+        raise ConfigError(f"extractor {name!r}{_shown(options)}: {e}") from e
     if frozen:
         extractor.eval().requires_grad_(False)
     return extractor

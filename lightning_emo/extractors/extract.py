@@ -24,13 +24,15 @@ from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from lightning_emo.data.manifest import Clip, Manifest, ManifestError, read_manifest
-from lightning_emo.data.store import FeatureStore, RunLock, cache_key
-from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec
+from lightning_emo.data.manifest import Clip, Manifest, read_manifest
+from lightning_emo.data.store import FeatureStore, FeatureStoreError, RunLock, cache_key
+from lightning_emo.errors import ConfigError, UsageError, command, describe_parse_error
+from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec, check_options
 from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES, register_extractors: API)
     EXTRACTOR_MODULES,
     MISSING_NO_AUDIO,
@@ -44,7 +46,7 @@ from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES,
 )
 from lightning_emo.extractors.selection import select_features
 from lightning_emo.console import Progress, quiet_upstream
-from lightning_emo.utils import log, setup_logging
+from lightning_emo.utils import log, output_dir, setup_logging
 
 DEFAULT_FPS = 5.0
 DELAY_ENV = "LIGHTNING_EMO_EXTRACT_DELAY"
@@ -395,7 +397,9 @@ def run_extraction(
         from lightning_emo.extractors.face_detect import build_face_detector
 
         det = build_face_detector(detector, crop_size=spec.crop_size, **dict(detector_options or {}))
-        key_extra["detector_options"] = dict(detector_options or {})
+        # the detector's effective settings (detect-and-track policy, detection size), not only those given:
+        # a store made with other defaults is refused as stale instead of being mixed
+        key_extra["detector_options"] = {**det.cache_options(), **dict(detector_options or {})}
     key = cache_key(spec, dtype=dtype, detector=detector if face else None, fps=probe_fps if face else None,
                     extra=key_extra or None)
     store_path = Path(out) / (name or extractor)
@@ -442,9 +446,13 @@ def _run_locked(store: FeatureStore, manifest: Manifest, model, det, spec: Extra
     writer = FeatureStoreWriter(store, commit_every=commit_every)
     progress = ExtractionProgress(f"extract {store_path.name}")
     quiet_upstream()
-    pl_trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer, progress, StopOnSigterm()],
-                            use_distributed_sampler=False,
-                            precision=resolve_precision(precision, trainer_args["accelerator"], spec), **trainer_args)
+    try:
+        pl_trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer, progress, StopOnSigterm()],
+                                use_distributed_sampler=False,
+                                precision=resolve_precision(precision, trainer_args["accelerator"], spec),
+                                **trainer_args)
+    except MisconfigurationException as e:  # e.g. --trainer.accelerator cuda on a machine without CUDA
+        raise ConfigError(f"--trainer: {str(e).rstrip('.')}. Fix the --trainer.* option") from e
     data = ExtractionData(manifest, store, spec.modality, spec.sample_rate, probe_fps, batch_size, num_workers,
                           on_error)
     module = ExtractionModule(model, det)
@@ -464,7 +472,7 @@ def _run_locked(store: FeatureStore, manifest: Manifest, model, det, spec: Extra
         result.written = sum(1 for c in data.todo if c.clip_id in store)
         _count(result, manifest)
         if result.written < len(data.todo):
-            raise RuntimeError(f"extract {store_path.name}: {len(data.todo) - result.written} of {len(data.todo)} "
+            raise FeatureStoreError(f"extract {store_path.name}: {len(data.todo) - result.written} of {len(data.todo)} "
                                f"clips were not written to {store_path}; re-run to resume")
     return result
 
@@ -499,7 +507,7 @@ def _parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
         out[k.strip().replace("-", "_")] = _parse_value(v)
     return out
@@ -533,6 +541,7 @@ def build_parser():
 
     parser = ArgumentParser(
         prog="lightning-emo extract",
+        exit_on_error=False,  # parse errors become one ConfigError naming the option (main)
         description="Run frozen feature extractors over a manifest into feature stores (one per extractor, "
         "FEATURES_DIR/<name>/), resuming where an earlier run stopped. Several processes: --trainer.devices N "
         "--trainer.strategy ddp. Pretrained weights download on first use into the upstream caches "
@@ -552,7 +561,12 @@ def build_parser():
     parser.add_argument("--weights", default=None, help="local weights file for extractors that load one")
     parser.add_argument("--detector", default="mtcnn", help="face detector: mtcnn or none (face extractors)")
     parser.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="face detector option, e.g. min_face_size=30; repeatable")
+                        help="face detector option, repeatable: mtcnn takes detect_every (detect on every K-th "
+                             "sampled frame and track between; 1: every frame; default 5), cut_threshold, "
+                             "redetect_score, redetect_iou, redetect_similarity, detect_size, min_face_size, ...")
+    parser.add_argument("--detect-every", type=int, default=None, metavar="K",
+                        help="mtcnn: detect faces on every K-th sampled frame, at shot cuts and where the track is "
+                             "unsure, and track between (default 5; 1: detect on every frame)")
     parser.add_argument("--fps", type=float, default=None,
                         help="video frames per second sampled for face extractors "
                         f"(default: the spec's, else {DEFAULT_FPS:g})")
@@ -597,43 +611,50 @@ def build_parser():
     return parser
 
 
+@command("extract")
 def main(argv: list[str] | None = None) -> int:
-    """``lightning-emo extract``."""
+    """``lightning-emo extract``; a bad input is one paragraph on stderr and exit status 2 (:mod:`lightning_emo.errors`)."""
+    from argparse import ArgumentError
+
     if argv is not None and "--list" in argv:
         print(list_extractors())
         return 0
     parser = build_parser()
-    cfg = parser.parse_args(argv)
+    try:
+        cfg = parser.parse_args(argv)
+        trainer_args = {k: v for k, v in parser.instantiate(cfg).trainer.as_dict().items() if v is not None}
+    except ArgumentError as e:
+        raise ConfigError(describe_parse_error(e, "extract", sys.argv[1:] if argv is None else argv,
+                                               print_config=False)) from e
     setup_logging()
     from lightning_emo.extractors.weights import set_offline
 
     previous = set_offline(True) if cfg.offline else None
     try:
-        return _run(parser, cfg)
+        return _run(cfg, trainer_args)
     finally:
         if previous is not None:
             set_offline(previous)
 
 
-def _run(parser, cfg) -> int:
+def _run(cfg, trainer_args: dict[str, Any]) -> int:
     if cfg.name and len(cfg.extractor) > 1:
-        parser.error("--name works with one --extractor only")
-    try:
-        options = _parse_pairs(cfg.option, "--option")
-        detector_options = _parse_pairs(cfg.detector_option, "--detector-option")
-        select_options = _parse_pairs(cfg.select_option, "--select-option")
-    except ValueError as e:
-        parser.error(str(e))
-    trainer_args = {k: v for k, v in parser.instantiate(cfg).trainer.as_dict().items() if v is not None}
+        raise UsageError("--name works with one --extractor only")
+    if cfg.select is not None and cfg.select < 1:
+        raise UsageError(f"--select {cfg.select}: expected the number of features to keep (>= 1), e.g. --select 1024")
+    options = _parse_pairs(cfg.option, "--option")
+    detector_options = _parse_pairs(cfg.detector_option, "--detector-option")
+    if cfg.detect_every is not None:
+        if cfg.detect_every < 1:
+            raise UsageError(f"--detect-every {cfg.detect_every}: expected >= 1 (1: detect on every frame)")
+        detector_options["detect_every"] = cfg.detect_every
+    select_options = _parse_pairs(cfg.select_option, "--select-option")
+    output_dir(cfg.out, "--out")
     register_extractors()
     for name in cfg.extractor:
-        if name not in EXTRACTORS:
-            parser.error(f"unknown extractor {name!r}; known: {', '.join(EXTRACTORS.names())}")
-    try:
-        manifest = read_manifest(cfg.manifest, root=cfg.root)
-    except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        EXTRACTORS.get(name)  # an unknown name is refused before any work, listing the known ones
+        check_options(name, options)
+    manifest = read_manifest(cfg.manifest, root=cfg.root)
     results = []
     for name in cfg.extractor:
         try:
@@ -649,21 +670,17 @@ def _run(parser, cfg) -> int:
             print(f"extract {name}: stopped by SIGTERM; {done} of {len(manifest.clips)} clips are committed to "
                   f"{store.path}. Run the same command again to extract the rest.", file=sys.stderr)
             return SIGTERM_EXIT
-        except (ValueError, OSError, RuntimeError, KeyError) as e:
-            print(f"error: extract {name}: {e}", file=sys.stderr)
-            return 1
         if not result.is_global_zero:
             continue
         print(result.summary(), flush=True)
         results.append(result)
-    if cfg.select and results:
+    if cfg.select is not None and results:
         for result in results:
-            try:
-                derived = select_features(result.store, manifest, cfg.select, seed=cfg.seed, overwrite=cfg.overwrite,
-                                          **select_options)
-            except (ValueError, OSError, RuntimeError) as e:
-                print(f"error: select {result.store.path.name}: {e}", file=sys.stderr)
-                return 1
+            if cfg.select > result.store.dim:
+                raise UsageError(f"--select {cfg.select}: {result.store.path} has only {result.store.dim} features; "
+                                 f"give a number from 1 to {result.store.dim}")
+            derived = select_features(result.store, manifest, cfg.select, seed=cfg.seed, overwrite=cfg.overwrite,
+                                      **select_options)
             print(f"select {result.store.path.name}: kept {derived.dim} of {result.store.dim} features "
                   f"-> {derived.path}", flush=True)
     return 0

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lightning_emo.errors import UserError
 from lightning_emo.utils import log
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ __all__ = ["HUB_TIMEOUT_ENV", "MIRROR_ENV", "TIMEOUT_ENV", "WeightsDownloadError
            "is_offline", "set_offline", "source_url", "upstream_url"]
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """Pretrained weights are not on this machine; the message says where to put them."""
 
 TORCHAUDIO_URL = "https://download.pytorch.org/torchaudio/models/"  # torchaudio.pipelines._wav2vec2.utils
@@ -68,7 +69,7 @@ _TRUE = ("1", "true", "yes", "on")
 _offline_flag = False
 
 
-class WeightsDownloadError(OSError):
+class WeightsDownloadError(UserError, OSError):
     """A weight file could not be downloaded (refused, no answer, HTTP error, cut short, corrupt); nothing was kept."""
 
 

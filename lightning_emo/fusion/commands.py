@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from lightning_emo.data.predictions import PredictionsError
+from lightning_emo.errors import UsageError, UserError, command, debug_enabled, present
 from lightning_emo.fusion.report import DEFAULT_RULES, expand_rules, fuse_report
 from lightning_emo.fusion.rules import RULES
-from lightning_emo.utils import OutputExistsError, check_outputs, log, setup_logging
+from lightning_emo.utils import check_outputs, log, output_dir, setup_logging
 
 EPILOG = """\
 examples:
@@ -65,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("fuse")
 def main(argv: list[str] | None = None) -> int:
     """Run ``lightning-emo fuse``; returns 0, or 2 with a message on stderr for bad input."""
     parser = build_parser()
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         expand_rules(args.rules)
     except KeyError as e:
         parser.error(str(e.args[0]))
+    output_dir(args.out, "--out")
     stored: dict[str, float] = {}
     if args.checkpoint:  # Lightning and torch load only when checkpoints are given
         from lightning_emo.fusion.callback import fusion_state_from_checkpoint
@@ -90,12 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             metrics = fusion_state_from_checkpoint(str(ckpt))["metrics"]
         except (OSError, KeyError, ValueError) as e:
-            print(f"lightning-emo fuse: --checkpoint {name}={ckpt}: {e}", file=sys.stderr)
-            return 2
+            return present("fuse", UsageError(f"--checkpoint {name}={ckpt}: {e}"))
         if len(metrics) != 1:
-            print(f"lightning-emo fuse: --checkpoint {name}={ckpt}: holds metrics of {len(metrics)} modalities "
-                  f"({', '.join(metrics)}); expected one head's", file=sys.stderr)
-            return 2
+            raise UsageError(f"--checkpoint {name}={ckpt}: holds metrics of {len(metrics)} modalities "
+                             f"({', '.join(metrics)}); expected one head's")
         stored[name] = float(next(iter(metrics.values()))["micro_f1"])
     try:
         # the fixed files first, before any work; Report.write checks all of them again
@@ -104,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                              fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split,
                              crossfit=args.crossfit, stored_f1=stored, select_metric=args.select_metric)
         written = report.write(args.out, png=not args.no_png, overwrite=args.overwrite)
-    except (PredictionsError, ValueError, OutputExistsError) as e:
-        print(f"lightning-emo fuse: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the rules' arguments (crossfit, select_metric) and the files' contents
+        if debug_enabled() or isinstance(e, UserError):
+            raise
+        return present("fuse", e)
     if not args.quiet:
         print(report.markdown())
     log.info("wrote %d files to %s", len(written), args.out)

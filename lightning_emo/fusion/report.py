@@ -42,8 +42,10 @@ import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, recall_score
 
 from lightning_emo.data.predictions import Predictions, PredictionsError, check_compatible, read_predictions
+from lightning_emo.errors import UsageError
 from lightning_emo.fusion.metrics import METRICS, TITLES, mcnemar, paired_bootstrap, scores
 from lightning_emo.fusion.rules import RULES, FusionRule, cross_fit_proba, make_rule
+from lightning_emo.registry import UnknownNameError
 from lightning_emo.utils import atomic_path, atomic_write_text, check_outputs
 
 AUDIO, VIDEO = "audio", "video"
@@ -65,7 +67,7 @@ def expand_rules(rules: Sequence[str]) -> list[str]:
         names = CASCADE_DEFAULT if r == "cascade" else (r,)
         for n in names:
             if n not in RULES:
-                raise KeyError(f"unknown fusion rule {n!r}; known: cascade, {', '.join(RULES)}")
+                raise UnknownNameError(f"unknown fusion rule {n!r}; known: cascade, {', '.join(RULES)}")
             if n not in out:
                 out.append(n)
     return out
@@ -409,7 +411,7 @@ class Report:
 
 def _load(name: str, source: Predictions | str | os.PathLike) -> Predictions:
     if not _NAME.match(name):
-        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.', '-' (it names folders and rows)")
+        raise UsageError(f"model name {name!r} must be letters, digits, '_', '.', '-' (it names folders and rows)")
     return source if isinstance(source, Predictions) else read_predictions(source)
 
 
@@ -474,10 +476,10 @@ def fuse_report(
         raise ValueError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {crossfit}")
     preds = {name: _load(name, src) for name, src in models.items()}
     if not preds:
-        raise ValueError("no models given")
+        raise UsageError("no models given")
     unknown = [n for n in modalities if n not in preds]
     if unknown:
-        raise ValueError(f"modalities given for unknown model(s) {unknown}")
+        raise UsageError(f"modalities given for unknown model(s) {unknown}")
     for name, p in preds.items():
         for split in (val_split, test_split):
             if split not in p.splits:
@@ -532,7 +534,7 @@ def fuse_report(
     if fuse_all and len(names) >= 2 and not any(set(g[1]) == set(names) for g in groups):
         groups.append(("+".join(names), names, False))
     if not groups:
-        raise ValueError("nothing to fuse: give at least one audio and one video model, or two or more other "
+        raise UsageError("nothing to fuse: give at least one audio and one video model, or two or more other "
                          f"models (got {', '.join(n + ' (' + modalities.get(n, 'model') + ')' for n in names)})")
 
     rule_names = expand_rules(rules)

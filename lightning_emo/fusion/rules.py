@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
+from lightning_emo.errors import DataError
 from lightning_emo.fusion.calibration import TemperatureScaling, nll, stack_posteriors
+from lightning_emo.registry import UnknownNameError
 
 # scikit-learn is imported where it is used: inference with a prior or confidence rule never
 # loads it (about 1 s of a cold `lightning-emo infer`).
@@ -148,7 +150,7 @@ def micro_f1_scores(posteriors: Posteriors, y: np.ndarray) -> np.ndarray:
     for m, p in enumerate(P):
         seen = ~np.isnan(p).all(axis=1)
         if not seen.any():
-            raise ValueError(f"model {m} saw none of the clips: no micro-F1 to compute")
+            raise DataError(f"model {m} saw none of the clips: no micro-F1 to compute")
         scores.append(f1_score(y[seen], p[seen].argmax(axis=1), average="micro",
                                labels=np.arange(P.shape[2])))
     return np.asarray(scores, dtype=np.float64)
@@ -412,7 +414,7 @@ class LogisticRegressionFusion(FusionRule):
         present = _present(P)
         keep = present.any(axis=0)
         if len(np.unique(y[keep])) < 2:
-            raise ValueError("LR fusion needs validation clips of at least two classes")
+            raise DataError("LR fusion needs validation clips of at least two classes")
         self.indicators_ = [m for m in range(len(P)) if not present[m, keep].all()]
         from sklearn.linear_model import LogisticRegression
 
@@ -572,8 +574,10 @@ def cross_fit_proba(build: Callable[[], FusionRule], posteriors: Posteriors, y: 
     """Out-of-fold fused posteriors: each part of the clips is predicted by a rule fitted on the others.
 
     The clips are cut into ``folds`` parts, stratified by label (scikit-learn's
-    ``StratifiedKFold``, shuffled with ``seed``) when every class has that many clips, else
-    plain shuffled ``KFold``. Shapes: M arrays ``(N, C)``, ``y`` ``(N,)`` -> ``(N, C)``.
+    ``StratifiedKFold``, shuffled with ``seed``); when a class has fewer clips than ``folds``
+    the number of parts drops to that class's count (at least 2), so every fitting part still
+    sees every class; with a class of a single clip, plain shuffled ``KFold``.
+    Shapes: M arrays ``(N, C)``, ``y`` ``(N,)`` -> ``(N, C)``.
     """
     from sklearn.model_selection import KFold, StratifiedKFold
 
@@ -583,8 +587,8 @@ def cross_fit_proba(build: Callable[[], FusionRule], posteriors: Posteriors, y: 
     k = min(int(folds), n)
     if k < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds and 2 clips, got {folds} folds over {n} clips")
-    counts = np.bincount(y)
-    splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if counts[counts > 0].min() >= k
+    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
+    splitter = (StratifiedKFold(min(k, smallest), shuffle=True, random_state=seed) if smallest >= 2
                 else KFold(k, shuffle=True, random_state=seed))
     out = np.full((n, P.shape[2]), np.nan)
     for train, held in splitter.split(np.zeros(n), y):
@@ -646,7 +650,7 @@ def make_rule(name: str, *, modalities: Sequence[str] | None = None, **kwargs: A
         **kwargs: constructor arguments (e.g. ``calibrate=True``, ``C=0.5``).
     """
     if name not in RULES:
-        raise KeyError(f"unknown fusion rule {name!r}; known: {', '.join(RULES)}")
+        raise UnknownNameError(f"unknown fusion rule {name!r}; known: {', '.join(RULES)}")
     if name.startswith("cascade_"):
         return RULES[name](modalities=modalities or DEFAULT_MODALITIES, **kwargs)
     return RULES[name](**kwargs)

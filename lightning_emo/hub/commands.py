@@ -10,7 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from lightning_emo.utils import OutputExistsError, atomic_write_text, check_outputs, distinct_stems, setup_logging
+from lightning_emo.errors import EXIT_BAD_INPUT, command, present
+from lightning_emo.utils import (
+    atomic_write_text,
+    check_device,
+    check_outputs,
+    distinct_stems,
+    output_dir,
+    output_file,
+    setup_logging,
+)
 
 __all__ = ["export_main", "infer_main", "push_main", "zoo_main"]
 
@@ -42,9 +51,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      + [fmt.format(*map(str, r)) for r in rows])
 
 
-def _fail(command: str, error: Exception, code: int = 1) -> int:
-    print(f"lightning-emo {command}: {error}", file=sys.stderr)
-    return code
+def _fail(command: str, error: Exception) -> int:
+    """One paragraph on stderr (:func:`lightning_emo.errors.present`); -> exit status 2."""
+    return present(command, error)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -63,6 +72,7 @@ trained with; without them give --detector (and --fps). Writes config.json, mode
 """
 
 
+@command("export")
 def export_main(argv: list[str] | None = None) -> int:
     """``lightning-emo export``: trained checkpoints (+ fusion rule) -> a recognizer folder in the Hub layout."""
     p = argparse.ArgumentParser(prog="lightning-emo export", description=export_main.__doc__,
@@ -105,7 +115,12 @@ def export_main(argv: list[str] | None = None) -> int:
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.recognizer import Recognizer
     from lightning_emo.hub.publish import add_entry
-    from lightning_emo.hub.zoo import zoo_dir
+    from lightning_emo.hub.zoo import check_name, zoo_dir
+
+    if args.zoo_entry is not None:  # it names files in the zoo: refused before anything is read or written
+        check_name(args.zoo_entry, "--zoo-entry")
+    if args.out is not None:
+        output_dir(args.out, "--out")
 
     ckpts: dict[str, Any] | list[str]
     named = [c for c in args.ckpt if "=" in c and c.split("=", 1)[0].lower() in ("audio", "video", "face")]
@@ -132,10 +147,7 @@ def export_main(argv: list[str] | None = None) -> int:
     if args.out is None and args.zoo_entry is None:
         p.error("give --out DIR (or --zoo-entry NAME to export into the zoo)")
     out = Path(args.out) if args.out else zoo_dir(args.zoo) / "models" / args.zoo_entry
-    try:
-        check_outputs([out / name for name in ("config.json", "model.safetensors", "README.md")], args.overwrite)
-    except OutputExistsError as e:
-        return _fail("export", e)
+    check_outputs([out / name for name in ("config.json", "model.safetensors", "README.md")], args.overwrite)
     try:
         metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     except (OSError, json.JSONDecodeError) as e:
@@ -167,6 +179,7 @@ def export_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- push
 
 
+@command("push")
 def push_main(argv: list[str] | None = None) -> int:
     """``lightning-emo push``: upload an exported recognizer folder to the Hugging Face Hub."""
     p = argparse.ArgumentParser(
@@ -220,6 +233,7 @@ def _top(p, classes) -> str:
     return f"{classes[i]} {float(p[i]):.2f}"
 
 
+@command("infer")
 def infer_main(argv: list[str] | None = None) -> int:
     """``lightning-emo infer``: recognise emotions in media files (per clip, or over time with --timeline)."""
     p = argparse.ArgumentParser(
@@ -243,10 +257,21 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="timeline", help="timeline output folder (default: timeline/)")
     p.add_argument("--no-plot", action="store_true", help="timeline: skip the PNG")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the model's face detector option, e.g. detect_every=1 (detect on every frame "
+                        "instead of every 5th and tracking between); repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json/--csv files and timelines")
     args = p.parse_args(argv)
     if args.timeline and not (args.window > 0 and 0 < args.hop):
         p.error("--window and --hop must be positive")
+    args.detector_options = {k: _yaml_value(v) for k, v in _pairs(args.detector_option, "--detector-option", p).items()}
+    # outputs and the device are checked before the model loads or any file is read
+    for flag, value in (("--json", args.json), ("--csv", args.csv)):
+        if value:
+            output_file(value, flag, suffixes=(f".{flag[2:]}",))
+    if args.timeline:
+        output_dir(args.out, "--out")
+    check_device(args.device, "--device")
     setup_logging()
     # every output is known before any work: refuse existing ones (and two files given one timeline name)
     outputs = [f for f in (args.json, args.csv) if f]
@@ -255,10 +280,7 @@ def infer_main(argv: list[str] | None = None) -> int:
 
         args.stems = [Path(args.out) / s for s in distinct_stems(args.files)]
         outputs += [path for stem in args.stems for path in timeline_paths(stem, png=not args.no_plot)]
-    try:
-        check_outputs(outputs, args.overwrite)
-    except (OutputExistsError, ValueError) as e:
-        return _fail("infer", e)
+    check_outputs(outputs, args.overwrite)  # an existing output or two inputs onto one name: refused here
     from lightning_emo.extractors.weights import set_offline
 
     previous = set_offline(True) if args.local_files_only else None  # extractor weights too, not only the model
@@ -283,6 +305,13 @@ def _infer(args) -> int:
                                            local_files_only=args.local_files_only, map_location=args.device)
     except RecognizerError as e:
         return _fail("infer", e)
+    if args.detector_options:
+        try:
+            model.set_detector_options(**args.detector_options)
+            if "video" in model.modalities:
+                model._runtime("video")  # builds the detector now: a bad option fails before any file is read
+        except (RecognizerError, ValueError, TypeError) as e:
+            return _fail("infer", e)
     classes, mods = model.classes, model.modalities
     if args.timeline:
         return _infer_timeline(model, args)
@@ -290,8 +319,8 @@ def _infer(args) -> int:
     for f in args.files:
         try:
             preds.append(model.predict(f))
-        except (MediaError, RecognizerError) as e:
-            print(f"lightning-emo infer: {e}", file=sys.stderr)
+        except (MediaError, RecognizerError) as e:  # the other files' results are still written
+            present("infer", e)
             failed += 1
     if not args.quiet and preds:
         header = ["file", "label", "confidence", *mods, "missing"]
@@ -304,19 +333,20 @@ def _infer(args) -> int:
                                                  "predictions": [pr.to_dict() for pr in preds]}, indent=1) + "\n")
     if args.csv:
         atomic_write_text(args.csv, _prediction_rows(preds, classes, mods))
-    return 1 if failed else 0
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def _infer_timeline(model, args) -> int:
     from lightning_emo.data.media import MediaError
+    from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.timeline import write_timeline
 
     failed = 0
     for f, stem in zip(args.files, args.stems):
         try:
             rows = list(model.timeline(f, window=args.window, hop=args.hop))
-        except MediaError as e:
-            print(f"lightning-emo infer: {e}", file=sys.stderr)
+        except (MediaError, RecognizerError) as e:
+            present("infer", e)
             failed += 1
             continue
         written = write_timeline(rows, model.classes, model.modalities, stem, png=not args.no_plot,
@@ -331,12 +361,13 @@ def _infer_timeline(model, args) -> int:
             print(f"{f}: {len(rows)} windows of {args.window:g} s every {args.hop:g} s")
             print(_table(header, table))
         print(f"wrote {', '.join(str(w) for w in written)}")
-    return 1 if failed else 0
+    return EXIT_BAD_INPUT if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------- zoo
 
 
+@command("zoo")
 def zoo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo zoo``: list the model zoo (or add an entry, or check/regenerate its README)."""
     p = argparse.ArgumentParser(prog="lightning-emo zoo", description=zoo_main.__doc__)
@@ -353,10 +384,11 @@ def zoo_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from lightning_emo.hub.config import RecognizerError
     from lightning_emo.hub.publish import add_entry
-    from lightning_emo.hub.zoo import README, list_entries, render_readme, write_readme, zoo_dir
+    from lightning_emo.hub.zoo import README, check_name, list_entries, render_readme, write_readme, zoo_dir
 
     try:
         if args.add:
+            check_name(args.add, "--add")
             if not args.model_dir:
                 p.error("--add needs --model-dir")
             if (args.repo_id is None) != (args.revision is None):

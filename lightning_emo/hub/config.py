@@ -62,6 +62,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from lightning_emo.errors import UserError
+
 FORMAT = "lightning_emo.recognizer"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -77,7 +79,7 @@ DEFAULT_FUSION_ORDER = ("video", "audio")  # as `lightning-emo fuse` orders a pa
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-class RecognizerError(ValueError):
+class RecognizerError(UserError, ValueError):
     """An exported recognizer (or the parts given to build one) that cannot be used; the message says why."""
 
 

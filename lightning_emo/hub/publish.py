@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from lightning_emo.hub.recognizer import Recognizer
-from lightning_emo.hub.zoo import ZooEntry, write_entry, zoo_dir
+from lightning_emo.hub.zoo import ZooEntry, check_name, write_entry, zoo_dir
 
 __all__ = ["add_entry", "export_to_zoo"]
 
@@ -23,6 +23,7 @@ def add_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLike
     The model is loaded once first, so only a recognizer that loads gets listed. Arguments are
     those of :func:`lightning_emo.hub.zoo.write_entry`.
     """
+    check_name(name)
     Recognizer.from_pretrained(model_dir)  # refuse to list a model that does not load
     return write_entry(name, model_dir, zoo=zoo, repo_id=repo_id, revision=revision, description=description)
 
@@ -36,6 +37,7 @@ def export_to_zoo(name: str, checkpoints, fusion: Any = None, *, zoo: str | os.P
     ``license``...). The folder holds only ``config.json``, ``model.safetensors`` (heads, and
     weights only for file-sourced extractors) and ``README.md``. Returns the entry.
     """
+    check_name(name)  # before anything is written under <zoo>/models/<name>
     kwargs.setdefault("name", name)
     kwargs.setdefault("description", description)
     model = Recognizer.from_checkpoints(checkpoints, fusion=fusion, **kwargs)

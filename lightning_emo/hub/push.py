@@ -6,13 +6,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_emo.errors import UserError
 from lightning_emo.extractors.weights import HUB_TIMEOUT_ENV, hub_timeout, hub_timeout_s
 from lightning_emo.hub.config import HUB_FILES, RecognizerError
 
 __all__ = ["PushError", "PushResult", "push_folder"]
 
 
-class PushError(RuntimeError):
+class PushError(UserError, RuntimeError):
     """The upload cannot happen (offline, no token, Hub error); the message never holds the token."""
 
 

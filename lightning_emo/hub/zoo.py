@@ -37,7 +37,7 @@ import yaml
 from lightning_emo.hub.config import CONFIG_NAME, WEIGHTS_NAME, RecognizerError, is_commit, parse_config
 from lightning_emo.utils import atomic_write_text
 
-__all__ = ["ZooEntry", "entry_names", "get_entry", "list_entries", "render_readme", "write_entry", "write_readme",
+__all__ = ["ZooEntry", "check_name", "entry_names", "get_entry", "list_entries", "render_readme", "write_entry", "write_readme",
            "zoo_dir"]
 
 ZOO_ENV = "LIGHTNING_EMO_ZOO"
@@ -115,6 +115,11 @@ class ZooEntry:
         source = data["source"]
         if not isinstance(source, Mapping) or (("path" in source) == ("repo_id" in source)):
             raise RecognizerError(f"{where}: source must be {{path: DIR}} or {{repo_id: ORG/NAME, revision: COMMIT}}")
+        if "path" in source:
+            rel = str(source["path"]).replace("\\", "/")
+            if os.path.isabs(rel) or rel.startswith("/") or ".." in rel.split("/"):
+                raise RecognizerError(f"{where}: source path {source['path']!r} leaves the zoo folder; give a path "
+                                      "relative to it without '..' (e.g. models/<name>)")
         if "repo_id" in source and not is_commit(source.get("revision")):
             raise RecognizerError(f"{where}: a Hub source needs a pinned revision (a 40-hex commit), got "
                                   f"{source.get('revision')!r}")
@@ -125,10 +130,25 @@ class ZooEntry:
                    repo_id=source.get("repo_id"), revision=source.get("revision"), path=source.get("path"), file=file)
 
 
+def check_name(name: str, what: str = "zoo entry name") -> str:
+    """Refuse an entry name that is not one plain file name (``../x``, ``a/b``, ``/abs``): it names files in the zoo."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise RecognizerError(f"{what} {name!r}: expected lower-case letters, digits, '.', '_', '-' (no '/' or '..': "
+                              "it names <zoo>/<name>.yaml and <zoo>/models/<name>/)")
+    return name
+
+
 def list_entries(zoo: str | os.PathLike | None = None) -> list[ZooEntry]:
-    """Every entry of the zoo, sorted by name; an invalid entry raises :class:`RecognizerError` naming its file."""
+    """Every entry of the zoo, sorted by name; an invalid entry raises :class:`RecognizerError` naming its file.
+
+    A zoo folder that was asked for (``zoo``, ``$LIGHTNING_EMO_ZOO``) and does not exist is an
+    error, not an empty zoo.
+    """
     d = zoo_dir(zoo)
     if not d.is_dir():
+        if zoo is not None or os.environ.get(ZOO_ENV):
+            given = f"--zoo {d}" if zoo is not None else f"${ZOO_ENV}={d}"
+            raise RecognizerError(f"{given}: no such zoo folder; give the folder holding the zoo's <name>.yaml entries")
         return []
     entries = []
     for f in sorted(d.glob("*.yaml")):
@@ -243,6 +263,7 @@ def write_entry(name: str, model_dir: str | os.PathLike, *, zoo: str | os.PathLi
         repo_id, revision: the Hub repository and the pinned commit it was pushed as.
         description: one line for the table.
     """
+    check_name(name)
     d = zoo_dir(zoo)
     model_dir = Path(model_dir).resolve()
     for f in (CONFIG_NAME, WEIGHTS_NAME):

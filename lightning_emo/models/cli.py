@@ -42,15 +42,20 @@ Usage::
 
 from __future__ import annotations
 
+import re
 import sys
+from argparse import ArgumentError
+from pathlib import Path
 from typing import Any
 
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import EarlyStopping, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_emo.console import is_interactive, quiet_upstream
+from lightning_emo.errors import ConfigError, UserError, command, describe_parse_error, find_user_error
 from lightning_emo.models.module import EmotionModule
 from lightning_emo.models.resume import (
     SIGTERM_EXIT,
@@ -63,6 +68,7 @@ from lightning_emo.models.resume import (
 )
 from lightning_emo.models.runs import LogProgressBar, place_loggers
 from lightning_emo.models.writer import PredictionsWriter
+from lightning_emo.registry import UnknownNameError
 from lightning_emo.utils import DiskFullError, disk_full, setup_logging
 
 # datamodule attribute -> EmotionModule argument (same name)
@@ -94,13 +100,69 @@ def _fusion_callback():
     return FusionPriorCallback
 
 
+def _section(error: BaseException) -> str:
+    """``model``/``data`` (and the class) from jsonargparse's wrapper of a failed instantiation."""
+    text = str(error)
+    m = re.search(r"class_path='([\w.]+)'", text)
+    cls = m.group(1).rsplit(".", 1)[-1] if m else None
+    section = "model" if "core.module.LightningModule" in text else "data" if "LightningDataModule" in text else None
+    return " ".join(x for x in (section, f"({cls})" if cls else None) if x)
+
+
 class EmotionCLI(LightningCLI):
     """LightningCLI for :class:`EmotionModule` (and any other LightningModule) over any LightningDataModule.
 
     Other LightningModules (the source-task recipes of :mod:`lightning_emo.pretrain`) get the
     same trainer, checkpoint, early-stopping and logger options, without the callbacks that
     read emotion posteriors (the fusion prior, ``predictions.csv``).
+
+    A bad option or config value is raised as a :class:`~lightning_emo.errors.ConfigError` naming
+    the key (jsonargparse's nested report condensed), a constructor or the Trainer refusing its
+    arguments as one naming the section; the package's own errors pass as they are.
     """
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
+            return super()._parse_ckpt_path()
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt_path}: no such checkpoint file. Give the path of a .ckpt a `fit` "
+                              "run saved (<run>/checkpoints/), or `last` to resume from the run's last.ckpt.")
+        try:
+            super()._parse_ckpt_path()
+        except UserError:
+            raise
+        except Exception as e:  # torch.load of something that is not a checkpoint: pickle, zip, EOF errors
+            if isinstance(e, ArgumentError):
+                raise ConfigError(f"--ckpt_path {ckpt_path}: its hyper-parameters do not fit the config: "
+                                  f"{describe_parse_error(e, subcommand, print_config=False)}") from e
+            raise ConfigError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (torch.load could not read it: "
+                              f"{type(e).__name__}). Give a .ckpt a `fit` run saved (<run>/checkpoints/).") from e
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except UserError:
+            raise
+        except (ValueError, KeyError, MisconfigurationException) as e:
+            found = find_user_error(e)
+            if isinstance(found, UnknownNameError) and _section(e):  # `head: lstmm`: say where it was configured
+                raise ConfigError(f"{_section(e)}: {found}") from e
+            if found is not None:
+                raise
+            # a constructor (or the Trainer) rejected a configured value: name the section
+            inner = e
+            while inner.__cause__ is not None:
+                inner = inner.__cause__
+            if not isinstance(inner, (ValueError, KeyError, MisconfigurationException)):
+                raise  # TypeError, AttributeError...: a bug, keep its traceback
+            message = str(inner.args[0] if isinstance(inner, KeyError) and inner.args else inner)
+            where = _section(e) if inner is not e else ""
+            if isinstance(inner, MisconfigurationException):
+                where = "trainer"
+            raise ConfigError(f"{where + ': ' if where else ''}{message.rstrip('.')}. Fix the value in the config or "
+                              f"on the command line (`--print_config` shows what was resolved).") from e
 
     def before_instantiate_classes(self) -> None:
         self._resumed_run = None
@@ -108,6 +170,11 @@ class EmotionCLI(LightningCLI):
             ckpt = resume_in_run_dir(self.config["fit"])
             if ckpt is not None:
                 self._resumed_run = ckpt.parent.parent
+                # resuming in its own folder: its checkpoints are meant to be there, KeepMetrics keeps its rows
+                import warnings
+
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             elif not self.config["fit"].get("ckpt_path"):
                 refuse_finished_run_dir(self.config["fit"])
 
@@ -139,14 +206,22 @@ class EmotionCLI(LightningCLI):
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse with every ``--config`` resolved first: a shipped name (``experiment/hubert.yaml``) works from any folder."""
+        """Parse with every ``--config`` resolved first: a shipped name (``experiment/hubert.yaml``) works from any folder.
+
+        A parse error becomes one :class:`~lightning_emo.errors.ConfigError` naming the key.
+        """
         from lightning_emo.configs import resolve_config_args
 
-        if args is None or isinstance(args, (list, tuple)):
-            # args None: the console script's own command line (also what DDP relaunches with)
-            self.config = parser.parse_args(resolve_config_args(list(sys.argv[1:] if args is None else args)))
-        else:
-            super().parse_arguments(parser, args)
+        arguments = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, (list, tuple)) \
+            else []
+        try:
+            if args is None or isinstance(args, (list, tuple)):
+                # args None: the console script's own command line (also what DDP relaunches with)
+                self.config = parser.parse_args(resolve_config_args(arguments))
+            else:
+                super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            raise ConfigError(describe_parse_error(e, arguments[0] if arguments else "", arguments)) from e
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
@@ -180,13 +255,20 @@ def cli(argv: list[str] | None = None, run: bool = True, **kwargs: Any) -> Emoti
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         auto_configure_optimizers=False,  # EmotionModule owns its param groups (output-layer weight decay)
+        # parse errors raise (EmotionCLI turns them into one ConfigError) instead of printing usage and exiting
+        parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in ("fit", "validate", "test",
+                                                                                         "predict")}},
     )
     defaults.update(kwargs)
     return EmotionCLI(args=argv, run=run, **defaults)
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
-    """``lightning-emo fit|validate|test|predict ...``: ``argv`` starts with the subcommand."""
+    """``lightning-emo fit|validate|test|predict ...``: ``argv`` starts with the subcommand.
+
+    A bad input is printed as one paragraph (exit status 2); see :mod:`lightning_emo.errors`.
+    """
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     # LightningCLI reads sys.argv itself when it holds exactly these arguments (the console script,

@@ -81,11 +81,15 @@ class EpochCheckpoint(ModelCheckpoint):
             return
         if trainer.state.fn != TrainerFn.FITTING:
             return
+        # save_last="link" links to the newest checkpoint file: only right when one was written at this step
+        mode = self.save_last
+        if mode == "link" and self._last_global_step_saved != trainer.global_step:
+            self.save_last = True
         self._writing_last = True
         try:
             super()._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         finally:
-            self._writing_last = False
+            self._writing_last, self.save_last = False, mode
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -252,10 +256,19 @@ class KeepMetrics(Callback):
 
 
 class Preemption(Callback):
-    """On SIGTERM (stopped by Lightning after the current batch): log what was kept and how to resume."""
+    """On SIGTERM (stopped by Lightning after the current batch): log what was kept and how to resume.
+
+    Lightning's training and evaluation loops stop on SIGTERM; its predict loop only records it,
+    so this callback stops ``predict`` after the current batch too (nothing is written then).
+    """
 
     def __init__(self) -> None:
         self.message: str | None = None
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any,
+                             **kwargs: Any) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from lightning_emo.errors import command
 from lightning_emo.models.cli import EmotionCLI
 from lightning_emo.models.cli import cli as emotion_cli
 
@@ -23,6 +24,7 @@ def cli(argv: list[str] | None = None, run: bool = True, **kwargs: Any) -> Emoti
     return emotion_cli(argv, run=run, **kwargs)
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
     """``python -m lightning_emo.pretrain fit|validate|test ...``: ``argv`` starts with the subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from lightning_emo.errors import debug_enabled, present
 from lightning_emo.utils import atomic_write_text, check_outputs
 
 KINDS = ("auto", "speech", "face")
@@ -174,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = export_face_cnn(args.ckpt, args.out, verify=not args.no_verify)
             extractor, labels = "face_cnn", sidecar(out, "identities")
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError, RuntimeError) as e:  # a checkpoint that is not what --kind/--ckpt says
+        if debug_enabled():
+            raise
+        return present("pretrain.export", e)
     print(f"wrote {out} and {labels}\nuse: lightning-emo extract --extractor {extractor} --weights {out} ...")
     return 0
 

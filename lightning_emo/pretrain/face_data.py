@@ -20,12 +20,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_emo.errors import UserError
 from lightning_emo.utils import log
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class IdentityFolderError(ValueError):
+class IdentityFolderError(UserError, ValueError):
     """An identity folder that cannot be used; the message names the folder or image file."""
 
 
