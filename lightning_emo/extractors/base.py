@@ -31,9 +31,15 @@ EXTRACTORS: Registry = Registry("extractor")
 
 
 class Extractor(nn.Module):
-    """Base class: holds the spec and checks inputs against it."""
+    """Base class: holds the spec and checks inputs against it.
+
+    ``store_dtype`` is the feature-store dtype the extractor's values need (the default of
+    ``extract --dtype``): float16 (range 6.5e4, 3 significant digits) for normalised network
+    features, float32 for raw acoustic descriptors whose energies exceed float16's range.
+    """
 
     spec: ExtractorSpec
+    store_dtype: str = "float16"
 
     def __init__(self, spec: ExtractorSpec):
         super().__init__()
