@@ -24,7 +24,8 @@ import re
 import sys
 from typing import Callable, Iterator, Sequence
 
-__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "DataError", "UsageError", "UserError", "command",
+__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "DataError", "UsageError", "UserError",
+           "command",
            "debug_enabled", "describe_parse_error", "find_user_error", "format_error", "present"]
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +46,8 @@ class UsageError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """Input data that cannot be used as asked (too few classes to fit on, no clips seen); the message says what to do."""
+    """Input data that cannot be used as asked (too few classes to fit on, no clips seen); the message says what
+    to do."""
 
 
 class ConfigError(UserError, ValueError):

@@ -620,7 +620,7 @@ def build_parser():
 
 @command("extract")
 def main(argv: list[str] | None = None) -> int:
-    """``lightning-emo extract``; a bad input is one paragraph on stderr and exit status 2 (:mod:`lightning_emo.errors`)."""
+    """``lightning-emo extract``; a bad input is one paragraph on stderr, exit status 2 (:mod:`lightning_emo.errors`)."""
     from argparse import ArgumentError
 
     if argv is not None and "--list" in argv:
