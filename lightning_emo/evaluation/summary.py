@@ -235,7 +235,10 @@ def _markdown(methods: dict[str, dict[str, _Method]], result: dict[str, Any], no
                   f"difference {paired['bootstrap_diff']:+.3f} (95% CI [{paired['bootstrap_ci_low']:+.3f}, "
                   f"{paired['bootstrap_ci_high']:+.3f}]), paired bootstrap p = {paired['bootstrap_p_value']:.3f}; "
                   f"McNemar exact p = {paired['mcnemar_p']:.3g} ({paired['fusion_only']} clips right only by the "
-                  f"fusion, {paired['single_only']} only by the single model)."]
+                  f"fusion, {paired['single_only']} only by the single model)"
+                  + (". McNemar pools the runs' test clips: with several seeds a clip counts once per seed, so "
+                     "its p-value is optimistic; the bootstrap resamples clips within each run" if n > 1 else "")
+                  + "."]
     cross = [c for c in result["conditions"] if c != IN]
     if cross and IN in result["conditions"]:
         head = ["method", "in-corpus WA", "in-corpus UA"]
