@@ -65,6 +65,10 @@ class Extractor(nn.Module):
         raise NotImplementedError
 
 
+class UnknownOptionError(UserError, TypeError):
+    """An extractor option its builder does not take (a TypeError, as calling the builder with it would be)."""
+
+
 def check_options(name: str, options: Mapping[str, Any]) -> None:
     """Refuse options extractor ``name``'s builder does not take, naming them and the ones it does."""
     import inspect
@@ -75,7 +79,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
     unknown = [k for k in options if k not in params]
     if unknown:
         known = ", ".join(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL) or "none"
-        raise ConfigError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))} (its options: {known}); "
+        raise UnknownOptionError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))} (its options: {known}); "
                           "fix or drop it (`--option KEY=VALUE` on the command line)")
 
 
