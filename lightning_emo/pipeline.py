@@ -54,6 +54,8 @@ class FeatureSet:
         options: the extractor builder's keyword arguments (e.g. ``{"layer": 9}``).
         weights: a local weights file for extractors that load one.
         detector: the face detector (``mtcnn``, or ``none`` for corpora of face crops).
+        detector_options: its options (mtcnn: ``detect_every``, ``cut_threshold``, ``redetect_*``,
+            ``detect_size``, ``min_face_size``...; see ``lightning-emo extract --help``).
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
         dtype: the stored dtype; default: the extractor's (float32 for ``compare``, else float16).
@@ -65,6 +67,7 @@ class FeatureSet:
     options: dict[str, Any] = field(default_factory=dict)
     weights: Optional[str] = None
     detector: str = "mtcnn"
+    detector_options: dict[str, Any] = field(default_factory=dict)
     fps: Optional[float] = None
     select: Optional[int] = None
     dtype: Optional[str] = None
@@ -200,7 +203,8 @@ def run_protocol(p: Protocol) -> Any:
         for name, modality, fs in sets:
             # once for the whole protocol: every fold x seed reads these per-clip stores
             result = run_extraction(corpus_manifest, fs.extractor, folder, options=fs.options, weights=fs.weights,
-                                    detector=fs.detector, fps=fs.fps, batch_size=p.batch_size,
+                                    detector=fs.detector, detector_options=fs.detector_options or None, fps=fs.fps,
+                                    batch_size=p.batch_size,
                                     num_workers=p.num_workers, name=_store_name(fs), dtype=fs.dtype,
                                     trainer=p.extract_trainer or None)
             log.info(result.summary())
@@ -217,6 +221,7 @@ def run_protocol(p: Protocol) -> Any:
     t = _stage(f"train, predict and fuse: {len(folds)} fold(s) x {len(p.seeds)} seed(s)", 3, 4)
     done_dirs: list[Path] = []
     report = None
+    stores_trained: dict[str, str] = {}
     runs = [(fold, seed) for fold in folds for seed in p.seeds]
     for i, (fold, seed) in enumerate(runs, start=1):
         run_dir = out if single else out / "folds" / run_name(fold, seed)
@@ -226,11 +231,13 @@ def run_protocol(p: Protocol) -> Any:
             continue
         started = time.perf_counter()
         log.info(f"[{i}/{len(runs)}] {run_name(fold, seed)}")
-        reports = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
+        reports, run_stores = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
                            manifest_path=manifest_path, sets=sets, stores=stores, cross=cross, single=single,
                            train_and_predict=train_and_predict, resolve_config=resolve_config,
                            store_name=_store_name)
         report = reports["in"]
+        if single:  # OUT is the run folder: its protocol.json names the stores the heads trained on
+            stores_trained = {k: str(v) for k, v in run_stores.items()}
         done_dirs.append(run_dir)
         left = len(runs) - i
         took = time.perf_counter() - started
@@ -252,7 +259,9 @@ def run_protocol(p: Protocol) -> Any:
     summary = summarize(out, done_dirs, select_metric=p.select_metric, notes=notes)
     timings["summary"] = time.perf_counter() - t
     atomic_write_text(out / "protocol.json", json.dumps({
-        "protocol": asdict(p), "manifest": str(manifest_path), "stores": {k: str(v) for k, v in stores.items()},
+        "protocol": asdict(p), "manifest": str(manifest_path),
+        "stores": stores_trained if single and stores_trained else {k: str(v) for k, v in stores.items()},
+        "extracted": {k: str(v) for k, v in stores.items()},
         "folds": [{"name": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
         "seeds": p.seeds, "runs": [str(d) for d in done_dirs],
         "predictions": ({name: str(out / "runs" / name / "predictions.csv") for name, _, _ in sets} if single else {}),
@@ -309,6 +318,7 @@ def _store_name(fs: FeatureSet) -> str:
     parts += [f"{k}{v}" for k, v in sorted(fs.options.items())]
     if fs.detector != "mtcnn":
         parts.append(f"det-{fs.detector}")
+    parts += [f"{k}{v}" for k, v in sorted(fs.detector_options.items())]
     if fs.fps:
         parts.append(f"fps{fs.fps:g}")
     return "-".join(str(x).replace("/", "_").replace(" ", "") for x in parts)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import importlib
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from lightning_emo.errors import UserError
 
@@ -27,6 +28,24 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._builders: dict[str, Callable[..., T]] = {}
+        self._lazy: dict[str, str] = {}  # name -> the module whose import registers it
+        self._modules: list[str] = []
+
+    def add_lazy(self, module: str, names: Iterable[str]) -> None:
+        """Declare that importing ``module`` registers ``names``: it is imported when one of them is first asked
+        for (or when every name is listed), so that using one builder never imports the others' dependencies."""
+        if module not in self._modules:
+            self._modules.append(module)
+        for name in names:
+            self._lazy[name] = module
+
+    def _load(self, name: str | None = None) -> None:
+        """Import the module that registers ``name`` (``None``, or a name nobody declared: every module)."""
+        if name is not None and name in self._builders:
+            return
+        modules = [self._lazy[name]] if name in self._lazy else self._modules
+        for module in modules:
+            importlib.import_module(module)
 
     def register(self, name: str, builder: Callable[..., T] | None = None):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
@@ -38,19 +57,23 @@ class Registry(Generic[T]):
         return deco(builder) if builder is not None else deco
 
     def get(self, name: str) -> Callable[..., T]:
+        self._load(name)
         try:
             return self._builders[name]
         except KeyError:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._builders))}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 
     def build(self, name: str, **kwargs) -> T:
         return self.get(name)(**kwargs)
 
     def __contains__(self, name: str) -> bool:
+        self._load(name)
         return name in self._builders
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._builders))
+        return iter(self.names())
 
     def names(self) -> list[str]:
+        """Every registered name (imports every lazily declared module)."""
+        self._load()
         return sorted(self._builders)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks of lightning_emo: extraction, training on cached features, inference and scale -> BENCHMARKS.md.
+"""Benchmarks of lightning_emo: extraction, faces, training on cached features, inference and scale -> BENCHMARKS.md.
 
 Usage::
 
@@ -23,7 +23,13 @@ same invocation, interleaved, on the same clips):
 * **inference**: ``lightning-emo infer`` latency on a 10 s 720p clip and the peak memory (RSS,
   in a subprocess) of ``Recognizer.timeline`` over 2, 5 and 10 minute videos;
 * **scale**: the same extraction and training with 1 and 2 processes (DDP through the CLI)
-  and with 1x and 4x the clips.
+  and with 1x and 4x the clips;
+* **faces**: detect + crop + embed (HOG and facenet) on a 60 s 720p talking-head video of real
+  faces, per-frame MTCNN against detect-and-track (face frames/s, box IoU, mask agreement), the
+  detection resolution, and cold/warm ``infer`` per recognizer.
+
+Each section is a module of ``scripts/bench/`` (``run``, ``render``, ``targets``) over
+``bench/harness.py`` and the BENCHMARKS.md writer ``bench/report.py``.
 
 No pretrained weights are downloaded: HuBERT-base and facenet run with random weights of the
 same architecture (same compute), written into a private ``TORCH_HOME`` under the work
@@ -51,11 +57,13 @@ from bench.harness import (EXTRACTORS, REPO, Config, atomic_write, load_average,
                            machine_lines, matmul_gflops, prepare_weights, progress, wait_for_low_load)
 from bench.report import report  # noqa: E402
 
-# Sections in the order they run; each is a module of scripts/bench with run(), render() and targets().
-SECTIONS = ("extraction", "training", "inference", "scale")
+# Sections in the order they run (faces last: it compares two ways side by side and tolerates a loaded
+# machine best); each is a module of scripts/bench with run(), render() and targets().
+SECTIONS = ("extraction", "training", "inference", "scale", "faces")
+REPORT_ORDER = ("extraction", "faces", "training", "inference", "scale")
 
 
-def section_modules(names=SECTIONS) -> dict[str, Any]:
+def section_modules(names=REPORT_ORDER) -> dict[str, Any]:
     return {name: importlib.import_module(f"bench.{name}") for name in names}
 
 

@@ -209,3 +209,38 @@ def test_timeline_over_two_minutes_runs_in_bounded_memory(tiny, tmp_path):
     assert faceless and all(48.0 <= float(r["start"]) and float(r["end"]) <= 66.0 for r in faceless)
     assert all(r["label"] in CLASSES for r in rows)  # audio carries the faceless windows
     assert (tmp_path / "tl" / "long.timeline.png").is_file()
+
+
+def test_an_audio_only_recognizer_does_not_import_the_face_stack(tiny, synthetic_clip, tmp_path):
+    """Extractors register lazily: a cold `infer` with an MFCC-only model imports neither torchvision nor facenet."""
+    audio_only = tmp_path / "audio_only"
+    Recognizer.from_checkpoints({"audio": tiny["audio"]}, name="a", license="apache-2.0", corpus="random",
+                                split_protocol="random features").save_pretrained(audio_only)
+    probe = ("import sys; from lightning_emo.cli import main; "
+             f"rc = main(['infer', {str(synthetic_clip)!r}, '--model', {str(audio_only)!r}, '--quiet']); "
+             "print(rc, sorted(m for m in ('torchvision', 'facenet_pytorch', 'timm', 'skimage', 'pytorch_lightning') "
+             "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_the_lazy_extractor_table_matches_what_each_module_registers():
+    probe = textwrap.dedent("""
+        import importlib, json
+        from lightning_emo.extractors.base import EXTRACTORS
+        out = {}
+        for module in EXTRACTORS._modules:
+            before = set(EXTRACTORS._builders)
+            importlib.import_module(module)
+            out[module] = sorted(set(EXTRACTORS._builders) - before)
+        declared = {}
+        for name, module in EXTRACTORS._lazy.items():
+            declared.setdefault(module, []).append(name)
+        print(json.dumps([out, {m: sorted(v) for m, v in declared.items()}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    registered, declared = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert registered == declared

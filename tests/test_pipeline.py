@@ -27,6 +27,11 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
         assert (fusion / name).is_file(), name
     protocol = json.loads((out / "protocol.json").read_text())
     assert set(protocol["predictions"]) == {"compare", "mfcc", "hog", "hog_sel256"}
+    # the stores the heads trained on (a selected set's derived store), as `export --run` reads them
+    assert protocol["stores"]["hog_sel256"].endswith("-sel256") and protocol["extracted"]["hog_sel256"].endswith("fps5")
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog_sel256", "--rule", "lr",
+                 "--out", str(tmp_path / "exported")]) == 0
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
     for path in protocol["predictions"].values():
         preds = read_predictions(path)
         assert set(preds.splits) == {"train", "val", "test"} and len(preds.clip_ids) == 28

@@ -132,7 +132,11 @@ def run_fold(
     resolve_config: Callable[[str], Path],
     store_name: Callable[[Any], str],
 ) -> dict[str, Any]:
-    """Run one fold x seed end to end and write its done-marker; returns ``{condition: Report}``."""
+    """Run one fold x seed end to end and write its done-marker.
+
+    Returns ``({condition: Report}, {set: the store its head trained on})`` (a selected set's
+    store is the fold's selected store, which ``lightning-emo export --run`` needs).
+    """
     from lightning_emo.evaluation.summary import write_run_scores
     from lightning_emo.fusion.report import fuse_report
 
@@ -170,7 +174,7 @@ def run_fold(
     # written last: a run killed before this line is redone (its finished heads are reused)
     atomic_write_text(run_dir / DONE, json.dumps({"fold": fold.name, "seed": seed,
                                                   "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
-    return reports
+    return reports, fold_stores
 
 
 def _selected_stores(out: Path, fold: Fold, fold_path: Path, sets, stores: dict[str, Path], single: bool,

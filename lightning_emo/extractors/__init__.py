@@ -1,6 +1,7 @@
 """Frozen pretrained (and handcrafted) feature extractors for speech and faces.
 
-Importing this package registers every extractor in :data:`EXTRACTORS`.
+:data:`EXTRACTORS` knows every extractor's name; the module that builds one is imported when that
+name is first used (``EXTRACTORS.get``/``in``), so importing this package costs no torchvision.
 """
 
 from lightning_emo.extractors.base import (
@@ -13,8 +14,6 @@ from lightning_emo.extractors.base import (
     resolve_weights,
 )
 from lightning_emo.extractors.weights import WeightsDownloadError
-from lightning_emo.extractors import audio, speech_dnn, ssl  # noqa: F401,E402  (register the audio extractors)
-from lightning_emo.extractors import face, face_cnn  # noqa: F401,E402  (register the face extractors)
 
 __all__ = ["EXTRACTORS", "Extractor", "ExtractorSpec", "WeightsDownloadError", "WeightsNotFoundError", "WeightsSource",
            "build_extractor", "resolve_weights"]

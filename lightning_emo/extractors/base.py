@@ -28,6 +28,18 @@ from lightning_emo.utils import sha256_file  # noqa: F401 (re-exported)
 from lightning_emo.extractors.weights import WeightsNotFoundError  # noqa: F401 (re-exported)
 
 EXTRACTORS: Registry = Registry("extractor")
+# Which module registers which extractors: a recognizer that uses MFCC never imports the face stack
+# (torchvision, facenet-pytorch). tests/test_infer.py checks this table against the modules.
+for _module, _names in {
+    "audio": ("mfcc", "compare"),
+    "ssl": ("wav2vec2_base", "wav2vec2_large", "wav2vec2_asr_base", "hubert_base", "hubert_large", "wavlm_base",
+            "wavlm_base_plus", "wavlm_large"),
+    "speech_dnn": ("speech_dnn", "speech_bottleneck"),
+    "face": ("hog", "facenet_vggface2", "facenet_casia", "timm"),
+    "face_cnn": ("face_cnn",),
+}.items():
+    EXTRACTORS.add_lazy(f"lightning_emo.extractors.{_module}", _names)
+
 
 
 class Extractor(nn.Module):

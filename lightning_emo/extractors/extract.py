@@ -398,7 +398,9 @@ def run_extraction(
         from lightning_emo.extractors.face_detect import build_face_detector
 
         det = build_face_detector(detector, crop_size=spec.crop_size, **dict(detector_options or {}))
-        key_extra["detector_options"] = dict(detector_options or {})
+        # the detector's effective settings (detect-and-track policy, detection size), not only those given:
+        # a store made with other defaults is refused as stale instead of being mixed
+        key_extra["detector_options"] = {**det.cache_options(), **dict(detector_options or {})}
     requested = dtype
     dtype = dtype or model.store_dtype
     key = cache_key(spec, dtype=dtype, detector=detector if face else None, fps=probe_fps if face else None,
@@ -572,7 +574,12 @@ def build_parser():
     parser.add_argument("--weights", default=None, help="local weights file for extractors that load one")
     parser.add_argument("--detector", default="mtcnn", help="face detector: mtcnn or none (face extractors)")
     parser.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="face detector option, e.g. min_face_size=30; repeatable")
+                        help="face detector option, repeatable: mtcnn takes detect_every (detect on every K-th "
+                             "sampled frame and track between; 1: every frame; default 5), cut_threshold, "
+                             "redetect_score, redetect_iou, redetect_similarity, detect_size, min_face_size, ...")
+    parser.add_argument("--detect-every", type=int, default=None, metavar="K",
+                        help="mtcnn: detect faces on every K-th sampled frame, at shot cuts and where the track is "
+                             "unsure, and track between (default 5; 1: detect on every frame)")
     parser.add_argument("--fps", type=float, default=None,
                         help="video frames per second sampled for face extractors "
                         f"(default: the spec's, else {DEFAULT_FPS:g})")
@@ -651,6 +658,10 @@ def _run(cfg, trainer_args: dict[str, Any]) -> int:
         raise UsageError(f"--select {cfg.select}: expected the number of features to keep (>= 1), e.g. --select 1024")
     options = _parse_pairs(cfg.option, "--option")
     detector_options = _parse_pairs(cfg.detector_option, "--detector-option")
+    if cfg.detect_every is not None:
+        if cfg.detect_every < 1:
+            raise UsageError(f"--detect-every {cfg.detect_every}: expected >= 1 (1: detect on every frame)")
+        detector_options["detect_every"] = cfg.detect_every
     select_options = _parse_pairs(cfg.select_option, "--select-option")
     output_dir(cfg.out, "--out")
     register_extractors()

@@ -9,7 +9,6 @@ calls it directly, so inference never imports Lightning.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -21,19 +20,14 @@ import torch
 from lightning_emo.data.store import MISSING_NO_AUDIO, MISSING_NO_FRAMES, MISSING_NO_VIDEO
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec, build_extractor
 
-# Modules whose import registers extractors (imported on demand, so `extract --help` stays fast).
+# Modules whose import registers extractors (imported on demand: see lightning_emo.extractors.base).
 EXTRACTOR_MODULES = ("audio", "ssl", "speech_dnn", "face", "face_cnn")
 
 
 def register_extractors() -> None:
-    """Import every extractor module so that :data:`EXTRACTORS` knows all names."""
-    for name in EXTRACTOR_MODULES:
-        module = f"lightning_emo.extractors.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # a missing dependency of an existing module is a real error
-                raise
+    """Import every extractor module so that :data:`EXTRACTORS` has all builders (listing them does this too;
+    building one by name imports only its module)."""
+    EXTRACTORS.names()
 
 
 def builder_accepts(builder, name: str) -> bool:
@@ -49,7 +43,6 @@ def build_for_extraction(
     fps: float | None = None,
 ) -> Extractor:
     """Build a registered extractor; ``weights`` and ``fps`` are passed when its builder takes them."""
-    register_extractors()
     builder = EXTRACTORS.get(extractor)
     options = dict(options or {})
     if weights is not None:

@@ -257,10 +257,14 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="timeline", help="timeline output folder (default: timeline/)")
     p.add_argument("--no-plot", action="store_true", help="timeline: skip the PNG")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the model's face detector option, e.g. detect_every=1 (detect on every frame "
+                        "instead of every 5th and tracking between); repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json/--csv files and timelines")
     args = p.parse_args(argv)
     if args.timeline and not (args.window > 0 and 0 < args.hop):
         p.error("--window and --hop must be positive")
+    args.detector_options = {k: _yaml_value(v) for k, v in _pairs(args.detector_option, "--detector-option", p).items()}
     # outputs and the device are checked before the model loads or any file is read
     for flag, value in (("--json", args.json), ("--csv", args.csv)):
         if value:
@@ -301,6 +305,13 @@ def _infer(args) -> int:
                                            local_files_only=args.local_files_only, map_location=args.device)
     except RecognizerError as e:
         return _fail("infer", e)
+    if args.detector_options:
+        try:
+            model.set_detector_options(**args.detector_options)
+            if "video" in model.modalities:
+                model._runtime("video")  # builds the detector now: a bad option fails before any file is read
+        except (RecognizerError, ValueError, TypeError) as e:
+            return _fail("infer", e)
     classes, mods = model.classes, model.modalities
     if args.timeline:
         return _infer_timeline(model, args)

@@ -205,6 +205,20 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         mc = self.config["modalities"].get("video")
         return float(mc["input"]["fps"]) if mc else None
 
+    def set_detector_options(self, **options: Any) -> "Recognizer":
+        """Override the face detector's options for inference (e.g. ``detect_every=1``: detect on every frame).
+
+        The options merge into those in ``config.json`` and apply from the next prediction on; a
+        recognizer without a video modality raises :class:`RecognizerError`.
+        """
+        mc = self.config["modalities"].get("video")
+        if mc is None:
+            raise RecognizerError("this recognizer has no video modality: face detector options do not apply")
+        det = mc["input"]["detector"]
+        det["options"] = {**dict(det.get("options") or {}), **options}
+        self._runtimes.pop("video", None)
+        return self
+
     def sample_rate(self) -> int | None:
         """Audio sample rate of the audio extractor (``None`` without an audio modality)."""
         mc = self.config["modalities"].get("audio")
@@ -418,10 +432,8 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
     def _build_extractor(self, m: str):
         """Rebuild modality ``m``'s frozen extractor from its spec (embedded weights materialised privately)."""
         from lightning_emo.extractors.base import EXTRACTORS, ExtractorSpec, WeightsNotFoundError
+        from lightning_emo.extractors.runner import build_for_extraction
         from lightning_emo.extractors.weights import WeightsDownloadError
-        from lightning_emo.extractors.runner import build_for_extraction, register_extractors
-
-        register_extractors()
 
         mc = self.config["modalities"][m]
         spec = ExtractorSpec.from_dict(mc["extractor"])

@@ -170,6 +170,11 @@ class EmotionCLI(LightningCLI):
             ckpt = resume_in_run_dir(self.config["fit"])
             if ckpt is not None:
                 self._resumed_run = ckpt.parent.parent
+                # resuming in its own folder: its checkpoints are meant to be there, KeepMetrics keeps its rows
+                import warnings
+
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             elif not self.config["fit"].get("ckpt_path"):
                 refuse_finished_run_dir(self.config["fit"])
 

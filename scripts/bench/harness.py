@@ -60,6 +60,17 @@ class Config:
     timeline_heavy_minutes: tuple[float, ...] = (2.0,)
     window: float = 4.0
     hop: float = 2.0
+    # faces: a talking-head video of real faces, per-frame detection vs detect-and-track
+    face_seconds: float = 60.0
+    face_height: int = 720
+    face_width: int = 1280
+    face_video_fps: float = 25.0
+    face_clip_seconds: float = 10.0
+    face_clips_per_batch: int = 2
+    face_extractors: tuple[str, ...] = ("hog", "facenet_vggface2")
+    face_sizes: tuple[int | None, ...] = (480, 640, 960, None)  # MTCNN detection sizes (None: full resolution)
+    face_resolution_every: int = 5  # the resolution study runs on every 5th sampled frame
+    face_intervals: tuple[int, ...] = (3, 5, 8)  # detect_every values compared (HOG)
     # scale
     scale_factor: int = 4
     scale_extractors: tuple[str, ...] = ("mfcc", "hubert_base")
@@ -71,7 +82,9 @@ class Config:
                    n_train=140, n_val=20, n_test=40, epochs=2, per_clip_subset=20, packed_batches=2,
                    feature_kinds=("audio39", "video1024"),
                    clip_seconds=3.0, clip_height=360, clip_width=640, clip_face=160, timeline_minutes=(0.25, 0.5),
-                   timeline_heavy_minutes=(), scale_factor=2, scale_extractors=("mfcc",), ddp_epochs=1)
+                   timeline_heavy_minutes=(), scale_factor=2, scale_extractors=("mfcc",), ddp_epochs=1,
+                   face_seconds=6.0, face_height=360, face_width=640, face_clip_seconds=3.0,
+                   face_sizes=(320, None), face_resolution_every=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,8 +292,10 @@ def prepare_weights(torch_home: Path) -> dict[str, str]:
     from facenet_pytorch import InceptionResnetV1
 
     from lightning_emo.extractors.face import FACENET_WEIGHTS
+    from lightning_emo.extractors.weights import cache_path
 
-    facenet = ckpt / FACENET_WEIGHTS["vggface2"].filename
+    facenet = cache_path(FACENET_WEIGHTS["vggface2"])  # facenet-pytorch's own cache ($TORCH_HOME/checkpoints)
+    facenet.parent.mkdir(parents=True, exist_ok=True)
     if not facenet.is_file():
         progress("writing random facenet (InceptionResnetV1) weights")
         torch.manual_seed(0)

@@ -14,8 +14,8 @@ from typing import Any
 from .harness import (Config, FACE_FPS, RANDOM_WEIGHTS, SCRIPTS, child_env, cli_command, fmt, load_average, median,
                       progress, ratio, rss_mb, run_child, target_text)
 
-def build_recognizer(work: Path, audio: str, video: str, name: str) -> Path:
-    """An exported audio+video recognizer: real extractor specs, LSTM heads (a few steps), a fitted prior rule."""
+def build_recognizer(work: Path, audio: str, video: str | None, name: str) -> Path:
+    """An exported recognizer: real extractor specs, LSTM heads (a few steps), with a video model a fitted prior rule."""
     from lightning_emo.data.corpora.cheavd import CLASSES
     from lightning_emo.extractors.extract import build_for_extraction
     from lightning_emo.hub import Recognizer
@@ -25,16 +25,33 @@ def build_recognizer(work: Path, audio: str, video: str, name: str) -> Path:
     export = out / "export"
     if (export / "config.json").is_file():
         return export
-    specs = {"audio": build_for_extraction(audio).spec, "video": build_for_extraction(video, fps=FACE_FPS).spec}
+    specs = {"audio": build_for_extraction(audio).spec}
+    if video is not None:
+        specs["video"] = build_for_extraction(video, fps=FACE_FPS).spec
     ckpts = {m: train_head_checkpoint(out / f"{m}.ckpt", s.to_dict(), list(CLASSES), hidden_dim=128, steps=3,
                                       seed=i) for i, (m, s) in enumerate(specs.items())}
-    fusion = fused_rule_files(out / "fusion", list(CLASSES), audio=audio, video=video, rules=("prior",))
-    model = Recognizer.from_checkpoints(ckpts, fusion=fusion / f"{audio}+{video}" / "prior" / "rule.json",
-                                        detector="mtcnn", fps=FACE_FPS, name=name, license="apache-2.0",
-                                        corpus="none (benchmark stand-in)",
-                                        split_protocol="heads trained a few steps on random features")
+    common = dict(name=name, license="apache-2.0", corpus="none (benchmark stand-in)",
+                  split_protocol="heads trained a few steps on random features")
+    if video is None:
+        model = Recognizer.from_checkpoints(ckpts, **common)
+    else:
+        fusion = fused_rule_files(out / "fusion", list(CLASSES), audio=audio, video=video, rules=("prior",))
+        model = Recognizer.from_checkpoints(ckpts, fusion=fusion / f"{audio}+{video}" / "prior" / "rule.json",
+                                            detector="mtcnn", fps=FACE_FPS, **common)
     model.save_pretrained(export)
     return export
+
+
+def inference_clip(cfg: Config, work: Path) -> Path:
+    """The section's talking-face clip (10 s of 720p with speech-like audio at full sizes), written once."""
+    from bench_media import talking_face_clip
+
+    clip = work / "media" / f"clip_{cfg.clip_seconds:g}s_{cfg.clip_height}p.mp4"
+    if not clip.is_file():
+        progress(f"writing a {cfg.clip_seconds:g} s {cfg.clip_width}x{cfg.clip_height} talking-face clip")
+        talking_face_clip(clip, seconds=cfg.clip_seconds, height=cfg.clip_height, width=cfg.clip_width,
+                          face=cfg.clip_face)
+    return clip
 
 
 def timeline_child(model_dir: str, video: str, result: str, window: float, hop: float) -> int:
@@ -101,17 +118,13 @@ def run(cfg: Config, work: Path, device) -> dict[str, Any]:
     """The section: cold and warm `infer` per recognizer, then the timeline's memory in fresh processes."""
     import torch
 
-    from bench_media import loop_video, talking_face_clip
+    from bench_media import loop_video
     from lightning_emo.data.media import load_audio, load_frames, probe
     from lightning_emo.hub import Recognizer
 
     results: dict[str, Any] = {"load_average_start": load_average(), "models": {}}
     media = work / "media"
-    clip = media / f"clip_{cfg.clip_seconds:g}s_{cfg.clip_height}p.mp4"
-    if not clip.is_file():
-        progress(f"writing a {cfg.clip_seconds:g} s {cfg.clip_width}x{cfg.clip_height} talking-face clip")
-        talking_face_clip(clip, seconds=cfg.clip_seconds, height=cfg.clip_height, width=cfg.clip_width,
-                          face=cfg.clip_face)
+    clip = inference_clip(cfg, work)
     info = probe(clip)
     results["clip"] = {"seconds": info.duration, "size": f"{info.width}x{info.height}", "fps": info.fps}
     models = {"hubert_base + facenet_vggface2": ("hubert_base", "facenet_vggface2", "heavy"),
