@@ -103,7 +103,7 @@ def _summary_rows(out):
         return list(csv.DictReader(f))
 
 
-def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
+def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog, capsys):
     out = tmp_path / "folds"
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
     rows = _summary_rows(out)
@@ -133,6 +133,12 @@ def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
                  "--no-png", "--quiet"]) == 0
     fused = json.loads((tmp_path / "fused" / "mfcc+hog" / "prior" / "rule.json").read_text())["state"]
     assert fused["params"]["micro_f1"] == state["params"]["micro_f1"]
+    # `export --run` on the whole output names a run to export instead of looking for heads at the top
+    capsys.readouterr()
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) != 0
+    assert f"holds 2 runs (folds x seeds), each with its own heads: export one of them, e.g. --run {out / 'folds'}" \
+        in capsys.readouterr().err
+    assert main(["export", "--run", str(run), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) == 0
     # a re-run skips the finished folds and extracts nothing
     caplog.set_level(logging.INFO, logger="lightning_emo")
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0

@@ -528,6 +528,10 @@ def protocol_parts(run_dir: str | os.PathLike, audio: str | None, video: str | N
     if not audio and not video:
         raise RecognizerError("name the audio and/or video feature set to export (--audio NAME --video NAME)")
     stores = meta.get("stores") or {}
+    folds = [run / "folds" / Path(d).name for d in meta.get("runs") or [] if Path(d).name != run.name]
+    if folds and not (run / "runs").is_dir():
+        raise RecognizerError(f"{run} holds {len(folds)} runs (folds x seeds), each with its own heads: export one of "
+                              f"them, e.g. --run {folds[0]}")
     out: dict[str, Any] = {"checkpoints": {}, "features": {}, "fusion": None, "manifest": meta.get("manifest")}
     for modality, name in (("audio", audio), ("video", video)):
         if not name:
