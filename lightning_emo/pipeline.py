@@ -58,7 +58,7 @@ class FeatureSet:
             ``detect_size``, ``min_face_size``...; see ``lightning-emo extract --help``).
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
-        dtype: the stored dtype; ``float32`` for features beyond float16's range (openSMILE's).
+        dtype: the stored dtype; default: the extractor's (float32 for ``compare``, else float16).
         train_config: the ``lightning-emo fit`` config of the head (a file, or a shipped name such as
             ``experiment/hubert.yaml``); default: the protocol's.
     """
@@ -70,7 +70,7 @@ class FeatureSet:
     detector_options: dict[str, Any] = field(default_factory=dict)
     fps: Optional[float] = None
     select: Optional[int] = None
-    dtype: str = "float16"
+    dtype: Optional[str] = None
     train_config: Optional[str] = None
 
 

@@ -491,6 +491,10 @@ class MTCNNDetector(FaceDetector):
         if self.detect_size and max(h, w) > self.detect_size:
             scale = self.detect_size / max(h, w)
         out: list[torch.Tensor] = []
+        if min(h, w) * scale < self.min_face_size:
+            # smaller than the smallest face searched for: MTCNN's scale pyramid would be empty (and its
+            # torch.cat of no scales fails); no face of that size fits, so none is found
+            return [torch.zeros((0, 5), dtype=torch.float32) for _ in range(n)]
         for start in range(0, n, self.batch_size):
             chunk = frames[start:start + self.batch_size].to(device)
             if scale != 1.0:
