@@ -118,6 +118,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     except httpx2.HTTPError as e:
         raise PushError(_scrub(f"push to {repo_id} failed: {_network_failure(e, api.endpoint, timeout)}",
                                token)) from None
+    except (ValueError, KeyError, TypeError) as e:  # an answer that does not parse as the Hub API's JSON
+        raise PushError(_scrub(f"push to {repo_id} failed: {api.endpoint} answered something that is not the Hugging "
+                               f"Face Hub API ({type(e).__name__}); check HF_ENDPOINT", token)) from None
     commit = getattr(info, "oid", None)
     return PushResult(repo_id=repo_id, url=str(getattr(url, "url", url)), commit=commit, revision=branch or "main",
                       private=private, files=list(HUB_FILES))
