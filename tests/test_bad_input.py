@@ -243,6 +243,14 @@ def test_synth_out_is_a_file(capsys, tmp_path):
     (["--extractor", "nope"], ["unknown extractor 'nope'", "mfcc"]),
     (["--extractor", "mfcc", "--bogus"], ["--bogus"]),
     (["--extractor", "mfcc", "--batch-size", "x"], ["--batch-size", "x"]),
+    (["--extractor", "mfcc", "--batch-size", "0"], ["--batch-size 0"]),
+    (["--extractor", "mfcc", "--commit-every", "0"], ["--commit-every 0"]),
+    (["--extractor", "mfcc", "--num-workers", "-1"], ["--num-workers -1"]),
+    (["--extractor", "hog", "--fps", "0"], ["--fps 0", "above 0"]),
+    (["--extractor", "hog", "--fps", "-2"], ["--fps -2"]),
+    (["--extractor", "hog", "--detector-option", "bogus=1"], ["face detector 'mtcnn'", "bogus"]),
+    (["--extractor", "hog", "--detector-option", "min_face_size=-3"], ["min_face_size=-3", ">= 12"]),
+    (["--extractor", "hog", "--detector", "nope"], ["unknown face detector 'nope'", "mtcnn"]),
 ])
 def test_extract_bad_options(corpus, capsys, tmp_path, extra, expected):
     refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path / "f", *FAST_EXTRACT, *extra],
