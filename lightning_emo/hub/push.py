@@ -80,7 +80,8 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
-    from lightning_emo.hub.recognizer import Recognizer, parse_hub_reference
+    from lightning_emo.hub.recognizer import Recognizer
+    from lightning_emo.hub.resolve import parse_hub_reference
 
     folder = Path(folder)
     missing = [f for f in HUB_FILES if not (folder / f).is_file()]
