@@ -243,6 +243,14 @@ def test_synth_out_is_a_file(capsys, tmp_path):
     (["--extractor", "nope"], ["unknown extractor 'nope'", "mfcc"]),
     (["--extractor", "mfcc", "--bogus"], ["--bogus"]),
     (["--extractor", "mfcc", "--batch-size", "x"], ["--batch-size", "x"]),
+    (["--extractor", "mfcc", "--batch-size", "0"], ["--batch-size 0"]),
+    (["--extractor", "mfcc", "--commit-every", "0"], ["--commit-every 0"]),
+    (["--extractor", "mfcc", "--num-workers", "-1"], ["--num-workers -1"]),
+    (["--extractor", "hog", "--fps", "0"], ["--fps 0", "above 0"]),
+    (["--extractor", "hog", "--fps", "-2"], ["--fps -2"]),
+    (["--extractor", "hog", "--detector-option", "bogus=1"], ["face detector 'mtcnn'", "bogus"]),
+    (["--extractor", "hog", "--detector-option", "min_face_size=-3"], ["min_face_size=-3", ">= 12"]),
+    (["--extractor", "hog", "--detector", "nope"], ["unknown face detector 'nope'", "mtcnn"]),
 ])
 def test_extract_bad_options(corpus, capsys, tmp_path, extra, expected):
     refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path / "f", *FAST_EXTRACT, *extra],
@@ -387,3 +395,56 @@ def test_worker_errors_are_recovered_from_torch_text():
     assert find_user_error(RuntimeError("Caught TypeError in DataLoader worker process 0.\nOriginal Traceback\n"
                                         "TypeError: a bug")) is None
     del torch
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+class _BadHub:
+    """A stand-in endpoint on 127.0.0.1 answering every request with HTML (``garbage``) or a redirect to itself."""
+
+    def __init__(self, mode: str):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self):
+                if mode == "garbage":
+                    body = b"<html>a captive portal, not the Hub</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            do_GET = do_POST = do_HEAD = do_PUT = answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("mode, expected", [("garbage", "answered something that is not the Hugging Face Hub API"),
+                                            ("loop", "TooManyRedirects")])
+def test_push_to_an_endpoint_that_is_not_the_hub(mode, expected, capsys, monkeypatch):
+    import huggingface_hub.constants as c
+
+    hub = _BadHub(mode)
+    # what a process started with HF_ENDPOINT sees (huggingface_hub reads it when imported)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setattr(c, "ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "5")
+    try:
+        line = refused(capsys, ["push", REPO / "zoo" / "models" / "synthetic-demo", "--repo-id", "org/x"], expected,
+                       hub.url)
+    finally:
+        hub.server.shutdown()
+    assert "hf_not_a_real_token" not in line

@@ -15,6 +15,7 @@ Python API: :func:`extract`. Test hook: the environment variable
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -49,6 +50,7 @@ from lightning_emo.console import Progress, quiet_upstream
 from lightning_emo.utils import log, output_dir, setup_logging
 
 DEFAULT_FPS = 5.0
+MAX_FPS = 240.0  # --fps above any camera's rate only repeats frames
 DELAY_ENV = "LIGHTNING_EMO_EXTRACT_DELAY"
 SIGTERM_EXIT = 143  # 128 + SIGTERM
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -654,6 +656,15 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg, trainer_args: dict[str, Any]) -> int:
     if cfg.name and len(cfg.extractor) > 1:
         raise UsageError("--name works with one --extractor only")
+    for flag, value, low in (("--fps", cfg.fps, None), ("--batch-size", cfg.batch_size, 1),
+                             ("--commit-every", cfg.commit_every, 1), ("--num-workers", cfg.num_workers, 0)):
+        if value is None:
+            continue
+        if low is None and not (math.isfinite(value) and 0 < value <= MAX_FPS):
+            raise UsageError(f"{flag} {value:g}: expected video frames per second sampled, above 0 and at most "
+                             f"{MAX_FPS:g} (e.g. 5)")
+        if low is not None and value < low:
+            raise UsageError(f"{flag} {value}: expected a whole number >= {low}")
     if cfg.select is not None and cfg.select < 1:
         raise UsageError(f"--select {cfg.select}: expected the number of features to keep (>= 1), e.g. --select 1024")
     options = _parse_pairs(cfg.option, "--option")

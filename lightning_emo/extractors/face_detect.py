@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_emo.errors import ConfigError, UserError
 from lightning_emo.extractors.face_boxes import Track, crop_boxes, smooth_boxes, square_boxes, track_main_face
 from lightning_emo.extractors.face_track import TrackingPolicy, detect_and_track
 from lightning_emo.registry import Registry
@@ -254,6 +255,9 @@ class MTCNNDetector(FaceDetector):
 
         if len(thresholds) != 3:
             raise ValueError(f"MTCNN expects three thresholds (P-, R-, O-net), got {list(thresholds)}")
+        if not int(min_face_size) >= 12 or not 0 < float(factor) < 1:  # MTCNN's P-net sees 12-pixel windows
+            raise ValueError(f"MTCNN expects min_face_size >= 12 pixels and 0 < factor < 1, got {min_face_size}, "
+                             f"{factor}")
         self.min_face_size = int(min_face_size)
         self.thresholds = [float(t) for t in thresholds]
         self.factor = float(factor)
@@ -346,5 +350,16 @@ class NoDetector(FaceDetector):
 
 
 def build_face_detector(name: str = "mtcnn", **options) -> FaceDetector:
-    """Build a registered face detector (``mtcnn`` or ``none``) in eval mode."""
-    return FACE_DETECTORS.build(name, **options).eval()
+    """Build a registered face detector (``mtcnn`` or ``none``) in eval mode.
+
+    An option it does not take, or a value it refuses, is a :class:`~lightning_emo.errors.ConfigError`
+    naming the detector and the options given.
+    """
+    builder = FACE_DETECTORS.get(name)
+    try:
+        return builder(**options).eval()
+    except (ValueError, TypeError) as e:
+        if isinstance(e, UserError) or (isinstance(e, TypeError) and "keyword argument" not in str(e)):
+            raise  # a TypeError other than an unknown option is a bug: keep its traceback
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ConfigError(f"face detector {name!r} ({given}): {e}") from e
