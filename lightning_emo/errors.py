@@ -24,7 +24,8 @@ import re
 import sys
 from typing import Callable, Iterator, Sequence
 
-__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "DataError", "UsageError", "UserError", "command",
+__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "DataError", "UsageError", "UserError",
+           "command",
            "debug_enabled", "describe_parse_error", "find_user_error", "format_error", "present"]
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +46,8 @@ class UsageError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """Input data that cannot be used as asked (too few classes to fit on, no clips seen); the message says what to do."""
+    """Input data that cannot be used as asked (too few classes to fit on, no clips seen); the message says what
+    to do."""
 
 
 class ConfigError(UserError, ValueError):
@@ -81,9 +83,37 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo += list(getattr(e, "exceptions", ()) or ())  # ExceptionGroup
 
 
+_WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback", re.S)
+
+
+def _user_error_classes() -> dict[str, type]:
+    out, todo = {}, [UserError]
+    while todo:
+        cls = todo.pop()
+        out[cls.__name__] = cls
+        todo += cls.__subclasses__()
+    return out
+
+
+def _from_worker(exc: BaseException) -> UserError | None:
+    """A UserError raised in a DataLoader worker: torch re-raises it as text (``Caught X in DataLoader worker...``)."""
+    m = _WORKER.match(str(exc))
+    if not m or m.group(1) not in _user_error_classes():
+        return None
+    last = next((line for line in reversed(str(exc).splitlines())
+                 if re.match(rf"^[\w.]*\b{m.group(1)}: ", line)), None)
+    return UserError(last.split(": ", 1)[1]) if last else None
+
+
 def find_user_error(exc: BaseException) -> UserError | None:
-    """The outermost :class:`UserError` in ``exc``'s chain (jsonargparse and Lightning wrap them), or None."""
-    return next((e for e in _chain(exc) if isinstance(e, UserError)), None)
+    """The outermost :class:`UserError` in ``exc``'s chain (jsonargparse and Lightning wrap them), or None.
+
+    One raised in a DataLoader worker process reaches the main process as text only; its message
+    is recovered from that text.
+    """
+    chain = list(_chain(exc))
+    found = next((e for e in chain if isinstance(e, UserError)), None)
+    return found if found is not None else next((w for w in map(_from_worker, chain) if w is not None), None)
 
 
 def format_error(command: str, error: BaseException) -> str:

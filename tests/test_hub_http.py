@@ -221,7 +221,7 @@ def test_pulling_with_a_wrong_token_never_shows_it(tiny, tmp_path, monkeypatch, 
                             capsys)
     finally:
         leaky.stop()
-    assert rc == 1 and "no such model repository" in err and "hf auth login" in err
+    assert rc == 2 and "no such model repository" in err and "hf auth login" in err
     assert f"Bearer {TOKEN}" in leaky.authorizations and TOKEN not in out + err + caplog.text
 
 

@@ -72,6 +72,7 @@ class Manifest:
     corpus: str = "custom"
     source: str = "<memory>"
     notes: list[str] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # clip_id -> CSV line
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -327,7 +328,8 @@ def read_manifest(
     splits_given = {bool(c.split) for c in clips}
     if splits_given == {True, False}:
         notes.append("split column is filled for some clips only: the empty ones stay unassigned")
-    return Manifest(clips, classes, root, corpus=meta.get("corpus", "custom"), source=str(path), notes=notes)
+    return Manifest(clips, classes, root, corpus=meta.get("corpus", "custom"), source=str(path), notes=notes,
+                    lines=seen)
 
 
 def assign_splits(

@@ -158,7 +158,7 @@ def run_fold(
     stored = stored_micro_f1(run_dir / "runs", list(modalities)) if p.priors == "checkpoint" else {}
     report = fuse_report({n: predictions[n] for n in modalities}, modalities=modalities, rules=p.rules,
                          calibrate=p.calibrate, crossfit=p.crossfit, stored_f1=stored, select_metric=p.select_metric,
-                         seed=seed)
+                         seed=seed, val_folds=p.val_folds)
     report.notes[:0] = [f"{fold.name}, seed {seed}"] + list(fold.notes)
     report.write(run_dir / "fusion")
     reports: dict[str, Any] = {"in": report}
@@ -224,7 +224,7 @@ def _run_cross(p, out: Path, run_dir: Path, fold: Fold, cross: CrossSetup, sets,
         models[name] = _cross_predictions(heads[name], test_csv, cross.name)
     stored = stored_micro_f1(runs, list(modalities)) if p.priors == "checkpoint" else {}
     report = fuse_report(models, modalities=modalities, rules=p.rules, calibrate=p.calibrate, crossfit=p.crossfit,
-                         stored_f1=stored, select_metric=p.select_metric, seed=seed)
+                         stored_f1=stored, select_metric=p.select_metric, seed=seed, val_folds=p.val_folds)
     report.notes[:0] = [f"cross-corpus: trained on {fold.name} (seed {seed}), tested on {cross.name}"] + cross.notes
     report.write(cdir / "fusion")
     return report
