@@ -31,7 +31,7 @@ from lightning_emo.hub.config import (
     modality_name,
 )
 from lightning_emo.models.heads import reorder_output_rows
-from lightning_emo.utils import log
+from lightning_emo.utils import log, not_a_file
 
 __all__ = ["build_from_checkpoints", "protocol_parts", "read_checkpoint", "read_fusion_file",
            "split_protocol_from_manifest"]
@@ -56,7 +56,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise RecognizerError(f"checkpoint {path} not found")
+        raise RecognizerError(f"{path}: {not_a_file(path, 'checkpoint file', 'last.ckpt')}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
