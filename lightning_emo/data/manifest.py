@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lightning_emo.utils import LocatedError, atomic_write_text
+from lightning_emo.utils import LocatedError, atomic_write_text, not_a_file
 
 REQUIRED_COLUMNS = ("clip_id", "path", "label", "split", "speaker")
 OPTIONAL_COLUMNS = ("start", "end", "group")
@@ -248,7 +248,7 @@ def read_manifest(
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(path, "manifest file not found")
+        raise ManifestError(path, not_a_file(path, "manifest file", "manifest.csv"))
     meta: dict = {}
     if sidecar_path(path).is_file():
         try:

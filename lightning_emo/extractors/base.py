@@ -24,7 +24,7 @@ from torch import nn
 from lightning_emo.errors import ConfigError, UserError
 from lightning_emo.registry import Registry
 from lightning_emo.specs import WEIGHT_KINDS, ExtractorSpec, WeightsSource  # noqa: F401 (re-exported)
-from lightning_emo.utils import sha256_file  # noqa: F401 (re-exported)
+from lightning_emo.utils import not_a_file, sha256_file  # noqa: F401 (sha256_file re-exported)
 from lightning_emo.extractors.weights import WeightsNotFoundError  # noqa: F401 (re-exported)
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -152,7 +152,7 @@ def resolve_weights(
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise WeightsNotFoundError(f"weights file {p} not found")
+            raise WeightsNotFoundError(f"{p}: {not_a_file(p, 'weights file')}")
         _check_digest(p, source)
         return p
     if source.kind == "none":

@@ -98,11 +98,13 @@ def download(repo_id: str, revision: str | None, cache_dir, force_download: bool
         if failure is not None:  # the Hub could not be reached: say so, not "offline"
             raise RecognizerError(f"{where}: cannot download {CONFIG_NAME}/{WEIGHTS_NAME}: {failure}; they are not in "
                                   f"the Hugging Face cache either. Run again when the Hub answers.") from None
+        from huggingface_hub import constants
+
+        fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
         raise RecognizerError(
-            f"{where}: {CONFIG_NAME}/{WEIGHTS_NAME} are not in the Hugging Face cache"
-            f"{' (' + str(cache_dir) + ')' if cache_dir else ''} and cannot be downloaded (offline, or "
-            f"local_files_only). Download them where there is a network (hf download {repo_id} "
-            f"{'--revision ' + revision if revision else ''}) and copy the cache.") from None
+            f"{where}: {CONFIG_NAME}/{WEIGHTS_NAME} are not in the Hugging Face cache "
+            f"({cache_dir or constants.HF_HUB_CACHE}) and cannot be downloaded (offline, or local_files_only). "
+            f"Download them where there is a network ({fetch}) and copy the cache.") from None
     except RepositoryNotFoundError:
         raise RecognizerError(f"{repo_id}: no such model repository on the Hub (or it is private: log in with "
                               "`hf auth login`)") from None
