@@ -473,3 +473,15 @@ def test_push_to_an_endpoint_that_is_not_the_hub(mode, expected, capsys, monkeyp
     finally:
         hub.server.shutdown()
     assert "hf_not_a_real_token" not in line
+
+
+def test_a_bad_decoding_setting_is_not_blamed_on_the_media_file(corpus):
+    from lightning_emo.data.media import DecodeSettingError, MediaError, load_audio, load_frames
+
+    clip = sorted((corpus["manifest"].parent / "clips").glob("*.mp4"))[0]
+    for call, setting in ((lambda: load_frames(clip, fps=0), "fps"), (lambda: load_frames(clip, size=(0, 4)), "size"),
+                          (lambda: load_audio(clip, sample_rate=0), "sample_rate")):
+        with pytest.raises(DecodeSettingError) as info:
+            call()
+        assert not isinstance(info.value, MediaError)  # --on-error warn must not skip every file over it
+        assert f"decoding setting {setting}" in str(info.value) and clip.name not in str(info.value)
