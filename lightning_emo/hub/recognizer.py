@@ -8,10 +8,11 @@ fusion rule over the modalities, with the class names. The layout (``config.json
 
 Inference runs the same code as ``lightning-emo extract`` (decoding with
 :mod:`lightning_emo.data.media`, the face pipeline and the extractor through
-:class:`~lightning_emo.extractors.runner.FeatureRunner`, without Lightning), rounds the features to the
-feature store's dtype, applies the selector and the head, then the fusion rule. A clip without
-an audio track, without a video track or without any face is predicted from what it has; the
-prediction says which modality was missing and why.
+:class:`~lightning_emo.extractors.runner.FeatureRunner`, without Lightning), then repeats the
+trained head's input pipeline in its order: rounding to the feature store's dtype (as its writer
+does), the selector's columns, the training set's standardisation (``EmotionModule.normalize``),
+the head, then the fusion rule. A clip without an audio track, without a video track or without
+any face is predicted from what it has; the prediction says which modality was missing and why.
 
 Loading never unpickles anything: weights are read with safetensors only, every key is checked
 (missing and unexpected keys are listed), and a class list that does not fit a head is refused.
@@ -140,6 +141,23 @@ class _Selection(nn.Module):
         self.register_buffer("indices", torch.zeros(k, dtype=torch.int64))
 
 
+class _Standardize(nn.Module):
+    """The head's input standardisation: buffers ``mean``/``std`` ``(D,)`` float32, ``x -> (x - mean) / std``.
+
+    The same float32 operations as :meth:`lightning_emo.models.module.EmotionModule.normalize`,
+    so a head sees exactly the values it saw in training.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return ((x.reshape(*shape[:2], -1) - self.mean) / self.std).reshape(shape)
+
+
 class _Runtime:
     """What a modality needs at inference, built on first use: the feature runner, selector, fps/rate."""
 
@@ -168,12 +186,15 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         self.classes: list[str] = list(self.config["classes"])
         self.heads = nn.ModuleDict()
         self.selectors = nn.ModuleDict()
+        self.standardize = nn.ModuleDict()
         for m, mc in self.config["modalities"].items():
             h = mc["head"]
             self.heads[m] = build_head(h["name"], int(h["input_dim"]), int(h["num_classes"]), int(h["hidden_dim"]),
                                        float(h["dropout"]), **dict(h.get("options") or {}))
             if mc.get("selector"):
                 self.selectors[m] = _Selection(int(mc["selector"]["k"]))
+            if mc.get("standardize"):
+                self.standardize[m] = _Standardize(int(h["input_dim"]))
         self.eval()
         self.fusion_rule = None
         fusion = self.config.get("fusion")
@@ -508,10 +529,11 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         if result.missing is not None:
             return {MISSING_NO_AUDIO: "no_audio", MISSING_NO_FRAMES: "no_frames"}.get(result.missing, result.missing)
         feats, mask = np.asarray(result.features, dtype=np.float32), np.asarray(result.mask, dtype=bool)
+        # what training read back from the store: every column rounded (and range-checked) as the parent
+        # store's writer did, then a selected store's columns
+        feats = _as_stored(feats, mc["feature_dtype"], m)
         if rt.selector is not None:
             feats = rt.selector.transform(feats)
-        if mc["feature_dtype"] == "float16":  # what training read back from the store
-            feats = feats.astype(np.float16).astype(np.float32)
         if len(feats) == 0:
             return "no_frames"
         if not mask.any():
@@ -521,12 +543,19 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
     @torch.no_grad()
     def head_posteriors(self, m: str, features: np.ndarray | torch.Tensor,
                         mask: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-        """Modality ``m``'s raw head posterior ``(C,)`` float64 for features ``(T, D)`` and mask ``(T,)``."""
+        """Modality ``m``'s raw head posterior ``(C,)`` float64 for features ``(T, D)`` and mask ``(T,)``.
+
+        ``features`` are what the feature store holds (what :meth:`extract` returns): they are
+        standardised here with the training-set statistics, as ``EmotionModule.forward`` does.
+        """
         x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
         if x.dim() != 2:
             raise ValueError(f"features must be (T, D), got shape {tuple(x.shape)}")
         mk = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=bool)).to(self.device)[None]
-        logits = self.heads[m](x[None], torch.tensor([x.shape[0]], device=self.device), mk)
+        x = x[None]
+        if m in self.standardize:
+            x = self.standardize[m](x)
+        logits = self.heads[m](x, torch.tensor([x.shape[1]], device=self.device), mk)
         return logits.float().softmax(-1)[0].cpu().double().numpy()
 
     def predict_features(self, features: Mapping[str, tuple[np.ndarray, np.ndarray] | str | None],
@@ -646,6 +675,27 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _as_stored(feats: np.ndarray, dtype: str, m: str) -> np.ndarray:
+    """``feats`` rounded to the feature store's dtype as its writer does (float32 out); refused where it refuses.
+
+    The store's writer (``StoreWriter.add``) casts float32 to the store dtype with
+    round-to-nearest (``astype``) and refuses non-finite values and values beyond the dtype's
+    range: a head never saw such features, so no posterior is made from them.
+    """
+    if not np.isfinite(feats).all():
+        raise RecognizerError(f"modality {m!r}: the extractor produced {int((~np.isfinite(feats)).sum())} NaN/infinite "
+                              "feature value(s) from this input (the feature store refuses such clips); check the file")
+    if dtype == "float32":
+        return feats
+    with np.errstate(over="raise"):
+        try:
+            return feats.astype(np.dtype(dtype)).astype(np.float32)
+        except FloatingPointError:
+            raise RecognizerError(f"modality {m!r}: feature values beyond the {dtype} range (max |x| = "
+                                  f"{np.abs(feats).max():.3g}) of the store the head was trained on: the store "
+                                  "would have refused this clip") from None
 
 
 def _takes(builder, name: str) -> bool:
