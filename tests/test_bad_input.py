@@ -494,3 +494,19 @@ def test_extract_select_beyond_the_dimension_keeps_the_store(corpus, capsys, tmp
     refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path, "--extractor", "mfcc",
                      "--select", "100", *FAST_EXTRACT], "--select 100", "only 39 features", "kept")
     assert len(FeatureStore.open(tmp_path / "mfcc").clip_ids) == 21 and not (tmp_path / "mfcc-sel100").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["prepare", "--corpus", "manifest"], "the following arguments are required: --root, --out"),
+    (["synth", "--fps", "fast", "--out", "x"], "argument --fps: invalid float value: 'fast'"),
+    (["fuse", "--audio", "noequals", "--out", "x"], "expected NAME=PATH"),
+    (["infer", "a.wav"], "--model"),
+    (["zoo", "--bogus"], "unrecognized arguments: --bogus"),
+    (["export", "--feature-dtype", "float8"], "invalid choice: 'float8'"),
+])
+def test_usage_errors_are_one_paragraph_too(capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "usage:" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"lightning-emo {argv[0]}: error: ") and expected in err and f"{argv[0]} --help" in err
