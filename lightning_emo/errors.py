@@ -124,7 +124,9 @@ def format_error(command: str, error: BaseException) -> str:
 
 
 def present(command: str, error: BaseException) -> int:
-    """Print ``error`` as one paragraph on stderr; -> :data:`EXIT_BAD_INPUT`."""
+    """Print ``error`` as one paragraph on stderr; -> :data:`EXIT_BAD_INPUT`. With debugging on, raise it instead."""
+    if debug_enabled():
+        raise error
     print(format_error(command, error), file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
 

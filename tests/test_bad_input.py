@@ -118,6 +118,21 @@ def test_debug_switches_show_the_traceback(tmp_path, capsys, monkeypatch):
         main([str(a) for a in argv])
 
 
+def test_console_script_exit_status_and_debug_variable(tmp_path):
+    """The real console entry in a fresh process (a light command): exit 2 and one paragraph; the traceback with
+    LIGHTNING_EMO_DEBUG=1 (exit 1, Python's own)."""
+    missing = tmp_path / "none.csv"
+    cmd = [sys.executable, "-m", "lightning_emo.cli", "zoo", "--zoo", str(missing)]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop(DEBUG_ENV, None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"lightning-emo zoo: error: --zoo {missing}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, DEBUG_ENV: "1"}, timeout=120)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "RecognizerError" in proc.stderr
+
+
+@pytest.mark.slow
 def test_console_script_prints_one_paragraph_and_traceback_on_request(corpus, tmp_path):
     cmd = [sys.executable, "-m", "lightning_emo.cli", "fit", "--config", str(AUDIO_CONFIG),
            "--data.init_args.manifest", str(corpus["manifest"]), "--data.init_args.features", str(tmp_path / "nope")]
@@ -256,6 +271,16 @@ def test_extract_bad_options(corpus, capsys, tmp_path, extra, expected):
     refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path / "f", *FAST_EXTRACT, *extra],
             *expected)
     assert not (tmp_path / "f").exists()
+
+
+def test_extract_device_without_cuda(corpus, capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path / "f", "--extractor", "mfcc",
+                     "--num-workers", "0", "--trainer.accelerator", "cuda"], "--trainer.accelerator cuda", "CUDA")
+    assert not list((tmp_path / "f").rglob("*.json"))
 
 
 def test_extract_bad_manifest_and_out(corpus, capsys, tmp_path):
@@ -448,3 +473,15 @@ def test_push_to_an_endpoint_that_is_not_the_hub(mode, expected, capsys, monkeyp
     finally:
         hub.server.shutdown()
     assert "hf_not_a_real_token" not in line
+
+
+def test_a_bad_decoding_setting_is_not_blamed_on_the_media_file(corpus):
+    from lightning_emo.data.media import DecodeSettingError, MediaError, load_audio, load_frames
+
+    clip = sorted((corpus["manifest"].parent / "clips").glob("*.mp4"))[0]
+    for call, setting in ((lambda: load_frames(clip, fps=0), "fps"), (lambda: load_frames(clip, size=(0, 4)), "size"),
+                          (lambda: load_audio(clip, sample_rate=0), "sample_rate")):
+        with pytest.raises(DecodeSettingError) as info:
+            call()
+        assert not isinstance(info.value, MediaError)  # --on-error warn must not skip every file over it
+        assert f"decoding setting {setting}" in str(info.value) and clip.name not in str(info.value)

@@ -76,3 +76,27 @@ def test_a_folder_for_predictions_checkpoints_and_weights(corpus, capsys, tmp_pa
     refused(capsys, ["extract", "--manifest", corpus["manifest"], "--extractor", "hubert_base", "--weights", tmp_path,
                      "--out", tmp_path / "f", *FAST_EXTRACT], f"{tmp_path}: is a folder, not a weights file")
     assert not (tmp_path / "fz").exists() and not (tmp_path / "ex").exists() and not (tmp_path / "f").exists()
+
+
+def test_the_corpus_root_is_shown_as_it_is(corpus, capsys, tmp_path, monkeypatch):
+    """A manifest written in a nested relative folder: its root reads back as the folder, not a/b/../../../x."""
+    from lightning_emo.data.manifest import read_manifest
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    root = corpus["manifest"].parent
+    assert main(["prepare", "--corpus", "manifest", "--root", str(root), "--manifest", str(corpus["manifest"]),
+                 "--out", "data/mine/manifest.csv"]) == 0
+    out = capsys.readouterr().out
+    assert f"root {root.resolve()} " in out and ".." not in out
+    manifest = read_manifest("data/mine/manifest.csv")
+    assert manifest.root == root.resolve() and manifest.media_path(manifest.clips[0]).is_file()
+    # a missing media file is named by its real path
+    first = manifest.clips[0]
+    (root / first.path).rename(root / (first.path + ".away"))
+    try:
+        with pytest.raises(Exception, match=f"media file not found: {root.resolve() / first.path}$"):
+            read_manifest("data/mine/manifest.csv", check_files=True)
+    finally:
+        (root / (first.path + ".away")).rename(root / first.path)

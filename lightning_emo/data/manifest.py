@@ -257,7 +257,9 @@ def read_manifest(
             raise ManifestError(sidecar_path(path), f"not valid JSON ({e})", e.lineno) from None
     notes: list[str] = []
     if root is None:
-        root = (path.parent / meta["root"]) if "root" in meta else path.parent
+        # the sidecar's root is relative to the manifest's resolved folder (Manifest.write): joined back the
+        # same way and normalised, so that messages show /data/mine, not data/mine/../../../data/mine
+        root = Path(os.path.normpath(path.parent.resolve() / meta["root"])) if "root" in meta else path.parent
     root = Path(root)
 
     with io.StringIO(_read_utf8(path), newline="") as f:

@@ -338,6 +338,18 @@ def extract(
     return result.store
 
 
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """Refuse ``--trainer.accelerator cuda``/``gpu``/``mps`` on a machine without one, before any store is made."""
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise ConfigError(f"--trainer.accelerator {accelerator}: CUDA is not available on this machine (torch "
+                          f"{torch.__version__}{', built without CUDA' if torch.version.cuda is None else ''}); use "
+                          "--trainer.accelerator cpu (or auto)")
+    if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("--trainer.accelerator mps: MPS is not available on this machine; use --trainer.accelerator "
+                          "cpu (or auto)")
+
+
 def resolve_precision(precision: str, accelerator: Any, spec: ExtractorSpec | None = None) -> str:
     """``auto`` -> ``bf16-mixed`` (or ``16-mixed`` without bf16) for a network on a CUDA GPU, else ``32-true``.
 
@@ -675,6 +687,7 @@ def _run(cfg, trainer_args: dict[str, Any]) -> int:
         detector_options["detect_every"] = cfg.detect_every
     select_options = _parse_pairs(cfg.select_option, "--select-option")
     output_dir(cfg.out, "--out")
+    check_accelerator(trainer_args)
     register_extractors()
     for name in cfg.extractor:
         EXTRACTORS.get(name)  # an unknown name is refused before any work, listing the known ones
