@@ -485,3 +485,12 @@ def test_a_bad_decoding_setting_is_not_blamed_on_the_media_file(corpus):
             call()
         assert not isinstance(info.value, MediaError)  # --on-error warn must not skip every file over it
         assert f"decoding setting {setting}" in str(info.value) and clip.name not in str(info.value)
+
+
+def test_extract_select_beyond_the_dimension_keeps_the_store(corpus, capsys, tmp_path):
+    from lightning_emo.data.store import FeatureStore
+
+    shutil.copytree(corpus["mfcc"], tmp_path / "mfcc")
+    refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path, "--extractor", "mfcc",
+                     "--select", "100", *FAST_EXTRACT], "--select 100", "only 39 features", "kept")
+    assert len(FeatureStore.open(tmp_path / "mfcc").clip_ids) == 21 and not (tmp_path / "mfcc-sel100").exists()
