@@ -18,13 +18,14 @@ This module is the bottom layer: it imports nothing from the package (nor torch,
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import re
 import sys
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
-__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "DataError", "UsageError", "UserError",
+__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ArgumentParser", "ConfigError", "DataError", "UsageError", "UserError",
            "command",
            "debug_enabled", "describe_parse_error", "find_user_error", "format_error", "present"]
 
@@ -222,6 +223,17 @@ def describe_parse_error(error: BaseException, command: str, arguments: Sequence
     if print_config:
         fix += f"; `{prog} ... --print_config` shows the resolved configuration"
     return f"{where}{reason.rstrip('.')}{configs}. {fix}."
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one paragraph too (exit status 2, as argparse's).
+
+    argparse prints the whole usage block before the error; here the error names the option and
+    points at ``--help`` instead.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def _take_traceback_flag(argv: Sequence[str] | None) -> list[str] | None:

@@ -485,3 +485,28 @@ def test_a_bad_decoding_setting_is_not_blamed_on_the_media_file(corpus):
             call()
         assert not isinstance(info.value, MediaError)  # --on-error warn must not skip every file over it
         assert f"decoding setting {setting}" in str(info.value) and clip.name not in str(info.value)
+
+
+def test_extract_select_beyond_the_dimension_keeps_the_store(corpus, capsys, tmp_path):
+    from lightning_emo.data.store import FeatureStore
+
+    shutil.copytree(corpus["mfcc"], tmp_path / "mfcc")
+    refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path, "--extractor", "mfcc",
+                     "--select", "100", *FAST_EXTRACT], "--select 100", "only 39 features", "kept")
+    assert len(FeatureStore.open(tmp_path / "mfcc").clip_ids) == 21 and not (tmp_path / "mfcc-sel100").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["prepare", "--corpus", "manifest"], "the following arguments are required: --root, --out"),
+    (["synth", "--fps", "fast", "--out", "x"], "argument --fps: invalid float value: 'fast'"),
+    (["fuse", "--audio", "noequals", "--out", "x"], "expected NAME=PATH"),
+    (["infer", "a.wav"], "--model"),
+    (["zoo", "--bogus"], "unrecognized arguments: --bogus"),
+    (["export", "--feature-dtype", "float8"], "invalid choice: 'float8'"),
+])
+def test_usage_errors_are_one_paragraph_too(capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "usage:" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"lightning-emo {argv[0]}: error: ") and expected in err and f"{argv[0]} --help" in err

@@ -202,6 +202,7 @@ def test_exported_demo_run_predicts_what_its_heads_and_rule_predicted(tmp_path):
              "video": _predictions(Path(protocol["predictions"]["hog_sel64"]))}
     model = Recognizer.from_pretrained(tmp_path / "exported")
     assert all(model.config["modalities"][m]["standardize"] for m in heads)
+    assert all(model.config["modalities"][m]["temperature"] for m in heads)  # calibrate: true
     rule = rule_from_state_dict(model.config["fusion"]["state"])
     manifest = read_manifest(protocol["manifest"])
     tested = 0

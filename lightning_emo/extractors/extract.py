@@ -722,8 +722,9 @@ def _run(cfg, trainer_args: dict[str, Any]) -> int:
     if cfg.select is not None and results:
         for result in results:
             if cfg.select > result.store.dim:
-                raise UsageError(f"--select {cfg.select}: {result.store.path} has only {result.store.dim} features; "
-                                 f"give a number from 1 to {result.store.dim}")
+                raise UsageError(f"--select {cfg.select}: {result.store.path} (extracted and kept) has only "
+                                 f"{result.store.dim} features; run again with a number from 1 to {result.store.dim} "
+                                 "(the extraction is not repeated)")
             derived = select_features(result.store, manifest, cfg.select, seed=cfg.seed, overwrite=cfg.overwrite,
                                       **select_options)
             print(f"select {result.store.path.name}: kept {derived.dim} of {result.store.dim} features "

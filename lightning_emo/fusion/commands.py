@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightning_emo import errors
 from lightning_emo.errors import UsageError, UserError, command, debug_enabled, present
 from lightning_emo.fusion.report import DEFAULT_RULES, expand_rules, fuse_report
 from lightning_emo.fusion.rules import RULES
@@ -33,7 +34,7 @@ def _named(value: str) -> tuple[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lightning-emo fuse", description=__doc__,
+    p = errors.ArgumentParser(prog="lightning-emo fuse", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("--audio", type=_named, action="append", default=[], metavar="NAME=CSV",
                    help="an audio model's predictions.csv (repeatable)")

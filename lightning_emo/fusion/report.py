@@ -101,8 +101,23 @@ class Table:
         return buf.getvalue()
 
 
+class _Scored:
+    """WA on validation and on test, for single models and fusion methods alike."""
+
+    val_scores: dict[str, float]
+    test_scores: dict[str, float]
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.val_scores["wa"]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test_scores["wa"]
+
+
 @dataclass
-class SingleResult:
+class SingleResult(_Scored):
     """One model on its own: validation and test scores (:data:`METRICS`), test recall per class, coverage."""
 
     name: str
@@ -114,20 +129,12 @@ class SingleResult:
     predictions: Predictions | None = None
 
     @property
-    def val_accuracy(self) -> float:
-        return self.val_scores["wa"]
-
-    @property
-    def test_accuracy(self) -> float:
-        return self.test_scores["wa"]
-
-    @property
     def label(self) -> str:
         return self.name
 
 
 @dataclass
-class MethodResult:
+class MethodResult(_Scored):
     """One fusion rule applied to one group of models.
 
     Attributes:
@@ -152,14 +159,6 @@ class MethodResult:
     test_scores: dict[str, float]
     recall: np.ndarray
     prior: np.ndarray | None = None
-
-    @property
-    def val_accuracy(self) -> float:
-        return self.val_scores["wa"]
-
-    @property
-    def test_accuracy(self) -> float:
-        return self.test_scores["wa"]
 
     @property
     def label(self) -> str:
