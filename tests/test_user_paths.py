@@ -100,3 +100,12 @@ def test_the_corpus_root_is_shown_as_it_is(corpus, capsys, tmp_path, monkeypatch
             read_manifest("data/mine/manifest.csv", check_files=True)
     finally:
         (root / (first.path + ".away")).rename(root / first.path)
+
+
+def test_prepare_root_that_is_no_folder(capsys, tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    for root, said in ((tmp_path / "nope", "no such folder"), (tmp_path / "clip.mp4", "is a file, not the corpus folder")):
+        line = refused(capsys, ["prepare", "--corpus", "folder", "--root", root, "--out", tmp_path / "m.csv"],
+                       f"--root {root}: {said}; give the folder of the corpus")
+        assert "label folders" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]

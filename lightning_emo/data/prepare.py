@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import sys
+from pathlib import Path
 
 from lightning_emo import errors
 from lightning_emo.data.checks import CorpusError, check_splits
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     output_file(args.out, "--out", suffixes=(".csv",))
     # the CSV and its sidecar: an unrelated x.json beside x.csv is the user's too
     check_outputs([args.out, sidecar_path(args.out)], args.overwrite)
+    if not Path(args.root).is_dir():  # not "no label folders found" for a typo in the path
+        raise UsageError(f"--root {args.root}: " + ("is a file, not the corpus folder" if Path(args.root).exists()
+                                                     else "no such folder") + "; give the folder of the corpus")
     if args.corpus == "manifest":
         if not args.manifest:
             parser.error("--corpus manifest needs --manifest IN.csv")
