@@ -18,6 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from lightning_emo import errors
 from lightning_emo.errors import UserError
 
 __all__ = ["ConfigNotFoundError", "config_dir", "list_configs", "main", "resolve_config", "resolve_config_args",
@@ -203,7 +204,7 @@ def _copy(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="lightning-emo configs",
         description="The configs shipped with the package. Any command that takes a config "
                     "(fit/validate/test/predict --config, reproduce --config) accepts a shipped name such as "

@@ -18,13 +18,15 @@ This module is the bottom layer: it imports nothing from the package (nor torch,
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import re
 import sys
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
-__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ConfigError", "DataError", "UsageError", "UserError", "command",
+__all__ = ["DEBUG_ENV", "EXIT_BAD_INPUT", "TRACEBACK_FLAG", "ArgumentParser", "ConfigError", "DataError", "UsageError", "UserError",
+           "command",
            "debug_enabled", "describe_parse_error", "find_user_error", "format_error", "present"]
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +47,8 @@ class UsageError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """Input data that cannot be used as asked (too few classes to fit on, no clips seen); the message says what to do."""
+    """Input data that cannot be used as asked (too few classes to fit on, no clips seen); the message says what
+    to do."""
 
 
 class ConfigError(UserError, ValueError):
@@ -81,9 +84,37 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo += list(getattr(e, "exceptions", ()) or ())  # ExceptionGroup
 
 
+_WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback", re.S)
+
+
+def _user_error_classes() -> dict[str, type]:
+    out, todo = {}, [UserError]
+    while todo:
+        cls = todo.pop()
+        out[cls.__name__] = cls
+        todo += cls.__subclasses__()
+    return out
+
+
+def _from_worker(exc: BaseException) -> UserError | None:
+    """A UserError raised in a DataLoader worker: torch re-raises it as text (``Caught X in DataLoader worker...``)."""
+    m = _WORKER.match(str(exc))
+    if not m or m.group(1) not in _user_error_classes():
+        return None
+    last = next((line for line in reversed(str(exc).splitlines())
+                 if re.match(rf"^[\w.]*\b{m.group(1)}: ", line)), None)
+    return UserError(last.split(": ", 1)[1]) if last else None
+
+
 def find_user_error(exc: BaseException) -> UserError | None:
-    """The outermost :class:`UserError` in ``exc``'s chain (jsonargparse and Lightning wrap them), or None."""
-    return next((e for e in _chain(exc) if isinstance(e, UserError)), None)
+    """The outermost :class:`UserError` in ``exc``'s chain (jsonargparse and Lightning wrap them), or None.
+
+    One raised in a DataLoader worker process reaches the main process as text only; its message
+    is recovered from that text.
+    """
+    chain = list(_chain(exc))
+    found = next((e for e in chain if isinstance(e, UserError)), None)
+    return found if found is not None else next((w for w in map(_from_worker, chain) if w is not None), None)
 
 
 def format_error(command: str, error: BaseException) -> str:
@@ -94,7 +125,9 @@ def format_error(command: str, error: BaseException) -> str:
 
 
 def present(command: str, error: BaseException) -> int:
-    """Print ``error`` as one paragraph on stderr; -> :data:`EXIT_BAD_INPUT`."""
+    """Print ``error`` as one paragraph on stderr; -> :data:`EXIT_BAD_INPUT`. With debugging on, raise it instead."""
+    if debug_enabled():
+        raise error
     print(format_error(command, error), file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
 
@@ -190,6 +223,17 @@ def describe_parse_error(error: BaseException, command: str, arguments: Sequence
     if print_config:
         fix += f"; `{prog} ... --print_config` shows the resolved configuration"
     return f"{where}{reason.rstrip('.')}{configs}. {fix}."
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one paragraph too (exit status 2, as argparse's).
+
+    argparse prints the whole usage block before the error; here the error names the option and
+    points at ``--help`` instead.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def _take_traceback_flag(argv: Sequence[str] | None) -> list[str] | None:

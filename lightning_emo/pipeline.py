@@ -58,7 +58,7 @@ class FeatureSet:
             ``detect_size``, ``min_face_size``...; see ``lightning-emo extract --help``).
         fps: video frames per second sampled for face extractors.
         select: keep this many random-forest-selected dimensions (the paper's 1024 / 2048).
-        dtype: the stored dtype; ``float32`` for features beyond float16's range (openSMILE's).
+        dtype: the stored dtype; default: the extractor's (float32 for ``compare``, else float16).
         train_config: the ``lightning-emo fit`` config of the head (a file, or a shipped name such as
             ``experiment/hubert.yaml``); default: the protocol's.
     """
@@ -70,7 +70,7 @@ class FeatureSet:
     detector_options: dict[str, Any] = field(default_factory=dict)
     fps: Optional[float] = None
     select: Optional[int] = None
-    dtype: str = "float16"
+    dtype: Optional[str] = None
     train_config: Optional[str] = None
 
 
@@ -113,6 +113,9 @@ class Protocol:
         test_corpus: a second corpus every head is also tested on (cross-corpus).
         crossfit: 0 = the paper's in-sample fit of LR and the prior on validation; K >= 2 =
             K-fold cross-fitting over the validation clips (out-of-sample validation scores).
+        val_folds: how the fusion rules are scored on validation (which picks the recommended
+            method) when ``crossfit`` is 0: K-fold cross-fitted (default 5), so LR is not scored
+            on the clips it was fitted on; 0 = in-sample. Test predictions do not change.
         priors: ``checkpoint``: the prior rule takes each head's validation micro-F1 from the
             FusionPriorCallback state of its best checkpoint; ``refit``: recomputed from predictions.
         select_metric: the validation metric that picks the recommended method (``wa``, ``ua``,
@@ -136,6 +139,7 @@ class Protocol:
     seeds: list[int] = field(default_factory=lambda: [0])
     test_corpus: Optional[TestCorpus] = None
     crossfit: int = 0
+    val_folds: int = 5
     priors: str = "checkpoint"
     select_metric: str = "wa"
 
@@ -170,6 +174,8 @@ def run_protocol(p: Protocol) -> Any:
         raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}, got {p.select_metric!r}")
     if p.crossfit == 1 or p.crossfit < 0:
         raise ConfigError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {p.crossfit}")
+    if p.val_folds == 1 or p.val_folds < 0:
+        raise ConfigError(f"val_folds must be 0 (in-sample validation scores) or at least 2 folds, got {p.val_folds}")
     out = Path(p.out)
     _claim(out, p.overwrite)
     sets = [(name, "audio", fs) for name, fs in p.audio.items()] + [(name, "video", fs) for name, fs in p.video.items()]
@@ -221,6 +227,7 @@ def run_protocol(p: Protocol) -> Any:
     t = _stage(f"train, predict and fuse: {len(folds)} fold(s) x {len(p.seeds)} seed(s)", 3, 4)
     done_dirs: list[Path] = []
     report = None
+    stores_trained: dict[str, str] = {}
     runs = [(fold, seed) for fold in folds for seed in p.seeds]
     for i, (fold, seed) in enumerate(runs, start=1):
         run_dir = out if single else out / "folds" / run_name(fold, seed)
@@ -230,11 +237,13 @@ def run_protocol(p: Protocol) -> Any:
             continue
         started = time.perf_counter()
         log.info(f"[{i}/{len(runs)}] {run_name(fold, seed)}")
-        reports = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
+        reports, run_stores = run_fold(protocol=p, out=out, run_dir=run_dir, fold=fold, seed=seed, manifest=manifest,
                            manifest_path=manifest_path, sets=sets, stores=stores, cross=cross, single=single,
                            train_and_predict=train_and_predict, resolve_config=resolve_config,
                            store_name=_store_name)
         report = reports["in"]
+        if single:  # OUT is the run folder: its protocol.json names the stores the heads trained on
+            stores_trained = {k: str(v) for k, v in run_stores.items()}
         done_dirs.append(run_dir)
         left = len(runs) - i
         took = time.perf_counter() - started
@@ -246,7 +255,9 @@ def run_protocol(p: Protocol) -> Any:
     notes = [f"fold scheme {p.folds.scheme}" + (f" (k={p.folds.k})" if p.folds.scheme == "kfold" else "")
              + f", seeds {p.seeds}; validation part of each training fold: speaker-independent",
              "fusion rules fitted on validation " + ("in-sample (the paper's mode)" if not p.crossfit
-                                                     else f"with {p.crossfit}-fold cross-fitting"),
+                                                     else f"with {p.crossfit}-fold cross-fitting")
+             + ("; their validation scores (the recommendation) "
+                + (f"{p.crossfit or p.val_folds}-fold cross-fitted" if p.crossfit or p.val_folds else "in-sample")),
              "prior rule micro-F1: " + ("FusionPriorCallback state in each head's best checkpoint"
                                         if p.priors == "checkpoint" else "recomputed from the predictions")]
     if any(fs.select for _, _, fs in sets) and not single:
@@ -256,7 +267,9 @@ def run_protocol(p: Protocol) -> Any:
     summary = summarize(out, done_dirs, select_metric=p.select_metric, notes=notes)
     timings["summary"] = time.perf_counter() - t
     atomic_write_text(out / "protocol.json", json.dumps({
-        "protocol": asdict(p), "manifest": str(manifest_path), "stores": {k: str(v) for k, v in stores.items()},
+        "protocol": asdict(p), "manifest": str(manifest_path),
+        "stores": stores_trained if single and stores_trained else {k: str(v) for k, v in stores.items()},
+        "extracted": {k: str(v) for k, v in stores.items()},
         "folds": [{"name": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
         "seeds": p.seeds, "runs": [str(d) for d in done_dirs],
         "predictions": ({name: str(out / "runs" / name / "predictions.csv") for name, _, _ in sets} if single else {}),

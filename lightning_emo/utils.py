@@ -204,6 +204,23 @@ def output_file(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...] = 
     return path
 
 
+def not_a_file(path: str | os.PathLike, what: str, usual: str | None = None) -> str:
+    """Why an input ``path`` that is not a regular file cannot be read as a ``what``: the text after its name.
+
+    A folder given where a file is expected is said to be a folder (not "not found"), naming the
+    file of the ``usual`` name inside it when there is one (``manifest.csv`` in a corpus folder).
+    """
+    path = Path(path)
+    if path.is_dir():
+        inside = path / usual if usual else None
+        if inside is not None and inside.is_file():
+            return f"is a folder, not a {what}: did you mean {inside}?"
+        return f"is a folder, not a {what}; give the path of the file"
+    if path.exists():
+        return f"is not a regular file (expected a {what})"
+    return f"{what} not found"
+
+
 def output_dir(path: str | os.PathLike, flag: str) -> Path:
     """Check that ``path`` can be (or is) a folder (for option ``flag``) before any work; returns it as a Path."""
     path = Path(path)

@@ -16,12 +16,19 @@ def quiet_trainer(tmp_path, **overrides) -> pl.Trainer:
 class KillAt(pl.Callback):
     """Sends ``signal`` to this process at a training batch's start (a real kill, for resume tests)."""
 
-    def __init__(self, epoch: int, batch: int = 0, signal: str = "SIGKILL"):
-        self.epoch, self.batch, self.signal = epoch, batch, signal
+    def __init__(self, epoch: int, batch: int = 0, signal: str = "SIGKILL", stage: str = "train"):
+        self.epoch, self.batch, self.signal, self.stage = epoch, batch, signal, stage
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def _kill(self) -> None:
         import os
         import signal as signals
 
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), getattr(signals, self.signal))
+        os.kill(os.getpid(), getattr(signals, self.signal))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.stage == "train" and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            self._kill()
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.stage == "predict" and batch_idx == self.batch:
+            self._kill()

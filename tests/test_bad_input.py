@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,21 @@ def test_debug_switches_show_the_traceback(tmp_path, capsys, monkeypatch):
         main([str(a) for a in argv])
 
 
+def test_console_script_exit_status_and_debug_variable(tmp_path):
+    """The real console entry in a fresh process (a light command): exit 2 and one paragraph; the traceback with
+    LIGHTNING_EMO_DEBUG=1 (exit 1, Python's own)."""
+    missing = tmp_path / "none.csv"
+    cmd = [sys.executable, "-m", "lightning_emo.cli", "zoo", "--zoo", str(missing)]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop(DEBUG_ENV, None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"lightning-emo zoo: error: --zoo {missing}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, DEBUG_ENV: "1"}, timeout=120)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "RecognizerError" in proc.stderr
+
+
+@pytest.mark.slow
 def test_console_script_prints_one_paragraph_and_traceback_on_request(corpus, tmp_path):
     cmd = [sys.executable, "-m", "lightning_emo.cli", "fit", "--config", str(AUDIO_CONFIG),
            "--data.init_args.manifest", str(corpus["manifest"]), "--data.init_args.features", str(tmp_path / "nope")]
@@ -242,11 +258,29 @@ def test_synth_out_is_a_file(capsys, tmp_path):
     (["--extractor", "nope"], ["unknown extractor 'nope'", "mfcc"]),
     (["--extractor", "mfcc", "--bogus"], ["--bogus"]),
     (["--extractor", "mfcc", "--batch-size", "x"], ["--batch-size", "x"]),
+    (["--extractor", "mfcc", "--batch-size", "0"], ["--batch-size 0"]),
+    (["--extractor", "mfcc", "--commit-every", "0"], ["--commit-every 0"]),
+    (["--extractor", "mfcc", "--num-workers", "-1"], ["--num-workers -1"]),
+    (["--extractor", "hog", "--fps", "0"], ["--fps 0", "above 0"]),
+    (["--extractor", "hog", "--fps", "-2"], ["--fps -2"]),
+    (["--extractor", "hog", "--detector-option", "bogus=1"], ["face detector 'mtcnn'", "bogus"]),
+    (["--extractor", "hog", "--detector-option", "min_face_size=-3"], ["min_face_size=-3", ">= 12"]),
+    (["--extractor", "hog", "--detector", "nope"], ["unknown face detector 'nope'", "mtcnn"]),
 ])
 def test_extract_bad_options(corpus, capsys, tmp_path, extra, expected):
     refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path / "f", *FAST_EXTRACT, *extra],
             *expected)
     assert not (tmp_path / "f").exists()
+
+
+def test_extract_device_without_cuda(corpus, capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path / "f", "--extractor", "mfcc",
+                     "--num-workers", "0", "--trainer.accelerator", "cuda"], "--trainer.accelerator cuda", "CUDA")
+    assert not list((tmp_path / "f").rglob("*.json"))
 
 
 def test_extract_bad_manifest_and_out(corpus, capsys, tmp_path):
@@ -309,3 +343,170 @@ def test_reproduce_bad_config(capsys, tmp_path):
     bad.write_text(json.dumps({"out": str(tmp_path / "out"), "audo": {"a": {"extractor": "mfcc"}}}))
     refused(capsys, ["reproduce", "--config", bad], "'audo.a.extractor' is not accepted", str(bad))
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ extract: data-dependent
+
+
+def _one_clip_manifest(corpus, tmp_path, end: str) -> Path:
+    clip = sorted((corpus["manifest"].parent / "clips").glob("*.mp4"))[0]
+    m = tmp_path / "m.csv"
+    m.write_text(f"clip_id,path,label,split,speaker,start,end\nc0,clips/{clip.name},angry,train,s1,0,{end}\n")
+    return m
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_extract_end_beyond_the_duration_names_clip_duration_and_line(corpus, capsys, tmp_path, workers):
+    from lightning_emo.data.media import probe
+
+    m = _one_clip_manifest(corpus, tmp_path, "99")
+    duration = probe(sorted((corpus["manifest"].parent / "clips").glob("*.mp4"))[0]).duration
+    refused(capsys, ["extract", "--manifest", m, "--root", corpus["manifest"].parent, "--extractor", "mfcc",
+                     "--out", tmp_path / "f",
+                     "--num-workers", workers, "--trainer.accelerator", "cpu"],
+            f"{m}, line 2, field 'end'", "clip 'c0'", "end 99 s", f"({duration:.3f} s)")
+    assert not list((tmp_path / "f" / "mfcc" / "segments").glob("*.json"))  # no clip committed
+
+
+def test_extract_dtype_follows_the_extractor_and_a_change_says_what_to_do(corpus, capsys, tmp_path):
+    from lightning_emo.data.store import FeatureStore
+    from lightning_emo.extractors.audio import ComParEExtractor
+    from lightning_emo.extractors.base import Extractor
+
+    assert ComParEExtractor.store_dtype == "float32" and Extractor.store_dtype == "float16"
+    base = ["extract", "--manifest", corpus["manifest"], "--extractor", "mfcc", "--out", tmp_path, *FAST_EXTRACT]
+    assert main([str(a) for a in [*base, "--dtype", "float32"]]) == 0
+    assert FeatureStore.open(tmp_path / "mfcc").dtype == "float32"
+    refused(capsys, base, "float32", "--dtype float32 to keep", "--overwrite")
+    assert FeatureStore.open(tmp_path / "mfcc").dtype == "float32"  # untouched
+
+
+def test_mtcnn_on_frames_smaller_than_a_face_finds_none_and_keeps_the_other_clip(corpus, capsys, tmp_path):
+    import numpy as np
+
+    from lightning_emo.data.media import write_video
+    from lightning_emo.data.store import FeatureStore
+
+    tiny = tmp_path / "tiny.mp4"
+    write_video(tiny, (np.random.default_rng(0).random((6, 16, 16, 3)) * 255).astype("uint8"), 5.0, None, 16000)
+    shutil.copy(sorted((corpus["manifest"].parent / "clips").glob("*.mp4"))[0], tmp_path / "other.mp4")
+    m = tmp_path / "m.csv"
+    m.write_text("clip_id,path,label,split,speaker\ntiny,tiny.mp4,angry,train,s1\nother,other.mp4,sad,train,s2\n")
+    for on_error in ("raise", "warn"):
+        out = tmp_path / on_error
+        assert main(["extract", "--manifest", str(m), "--root", str(tmp_path), "--extractor", "hog",
+                     "--detector", "mtcnn", "--out", str(out), "--on-error", on_error, *FAST_EXTRACT]) == 0, \
+            capsys.readouterr().err
+        store = FeatureStore.open(out / "hog")
+        assert "tiny" in store and "other" in store and store.n_valid("tiny") == 0
+
+
+def test_worker_errors_are_recovered_from_torch_text():
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from lightning_emo.data.media import MediaError
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise MediaError("x.mp4", "not a media file")
+
+    with pytest.raises(Exception) as info:
+        list(DataLoader(Broken(), num_workers=1))
+    assert str(find_user_error(info.value)) == "x.mp4: not a media file"
+    assert find_user_error(RuntimeError("Caught TypeError in DataLoader worker process 0.\nOriginal Traceback\n"
+                                        "TypeError: a bug")) is None
+    del torch
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+class _BadHub:
+    """A stand-in endpoint on 127.0.0.1 answering every request with HTML (``garbage``) or a redirect to itself."""
+
+    def __init__(self, mode: str):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self):
+                if mode == "garbage":
+                    body = b"<html>a captive portal, not the Hub</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            do_GET = do_POST = do_HEAD = do_PUT = answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("mode, expected", [("garbage", "answered something that is not the Hugging Face Hub API"),
+                                            ("loop", "TooManyRedirects")])
+def test_push_to_an_endpoint_that_is_not_the_hub(mode, expected, capsys, monkeypatch):
+    import huggingface_hub.constants as c
+
+    hub = _BadHub(mode)
+    # what a process started with HF_ENDPOINT sees (huggingface_hub reads it when imported)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setattr(c, "ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("LIGHTNING_EMO_HUB_TIMEOUT", "5")
+    try:
+        line = refused(capsys, ["push", REPO / "zoo" / "models" / "synthetic-demo", "--repo-id", "org/x"], expected,
+                       hub.url)
+    finally:
+        hub.server.shutdown()
+    assert "hf_not_a_real_token" not in line
+
+
+def test_a_bad_decoding_setting_is_not_blamed_on_the_media_file(corpus):
+    from lightning_emo.data.media import DecodeSettingError, MediaError, load_audio, load_frames
+
+    clip = sorted((corpus["manifest"].parent / "clips").glob("*.mp4"))[0]
+    for call, setting in ((lambda: load_frames(clip, fps=0), "fps"), (lambda: load_frames(clip, size=(0, 4)), "size"),
+                          (lambda: load_audio(clip, sample_rate=0), "sample_rate")):
+        with pytest.raises(DecodeSettingError) as info:
+            call()
+        assert not isinstance(info.value, MediaError)  # --on-error warn must not skip every file over it
+        assert f"decoding setting {setting}" in str(info.value) and clip.name not in str(info.value)
+
+
+def test_extract_select_beyond_the_dimension_keeps_the_store(corpus, capsys, tmp_path):
+    from lightning_emo.data.store import FeatureStore
+
+    shutil.copytree(corpus["mfcc"], tmp_path / "mfcc")
+    refused(capsys, ["extract", "--manifest", corpus["manifest"], "--out", tmp_path, "--extractor", "mfcc",
+                     "--select", "100", *FAST_EXTRACT], "--select 100", "only 39 features", "kept")
+    assert len(FeatureStore.open(tmp_path / "mfcc").clip_ids) == 21 and not (tmp_path / "mfcc-sel100").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["prepare", "--corpus", "manifest"], "the following arguments are required: --root, --out"),
+    (["synth", "--fps", "fast", "--out", "x"], "argument --fps: invalid float value: 'fast'"),
+    (["fuse", "--audio", "noequals", "--out", "x"], "expected NAME=PATH"),
+    (["infer", "a.wav"], "--model"),
+    (["zoo", "--bogus"], "unrecognized arguments: --bogus"),
+    (["export", "--feature-dtype", "float8"], "invalid choice: 'float8'"),
+])
+def test_usage_errors_are_one_paragraph_too(capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "usage:" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"lightning-emo {argv[0]}: error: ") and expected in err and f"{argv[0]} --help" in err

@@ -271,7 +271,7 @@ def test_fuse_errors_name_the_file(corpus, tmp_path, capsys):
 def test_crossfit_gives_out_of_sample_validation_scores_and_the_same_test_predictions(corpus):
     models = {n: corpus["paths"][n] for n in ("a1", "v1")}
     mods = {"a1": "audio", "v1": "video"}
-    paper = fuse_report(models, mods, rules=["lr", "prior", "cascade_prior_audio"])
+    paper = fuse_report(models, mods, rules=["lr", "prior", "cascade_prior_audio"], val_folds=0)
     cross = fuse_report(models, mods, rules=["lr", "prior", "cascade_prior_audio"], crossfit=5)
     by = {r.rule_name: r for r in paper.results}
     for r in cross.results:
@@ -286,6 +286,23 @@ def test_crossfit_gives_out_of_sample_validation_scores_and_the_same_test_predic
     assert cross.results[2].rule.ensemble_.f1_[0] < by["cascade_prior_audio"].rule.ensemble_.f1_[0]
     with pytest.raises(ValueError, match="crossfit must be 0"):
         fuse_report(models, mods, rules=["lr"], crossfit=1)
+
+
+def test_default_scores_paper_rules_out_of_sample_for_the_choice(corpus):
+    """The paper's fit, scored on validation by 5-fold cross-fitting: same test predictions, honest val scores."""
+    models = {n: corpus["paths"][n] for n in ("a1", "v1")}
+    mods = {"a1": "audio", "v1": "video"}
+    rules = ["lr", "prior", "cascade_prior_audio"]
+    in_sample = fuse_report(models, mods, rules=rules, val_folds=0)
+    default = fuse_report(models, mods, rules=rules)
+    test = default.test_rows
+    for a, b in zip(default.results, in_sample.results):
+        np.testing.assert_allclose(a.predictions.probs[test], b.predictions.probs[test])  # the paper's rules
+    assert default.results[0].val_accuracy < in_sample.results[0].val_accuracy  # LR no longer scored on its fit
+    assert default.fit_mode == "paper" and "5-fold cross-fitted" in default.markdown()
+    assert "in-sample" in in_sample.markdown()
+    with pytest.raises(ValueError, match="val_folds must be 0"):
+        fuse_report(models, mods, rules=["lr"], val_folds=1)
 
 
 def test_prior_rule_uses_stored_micro_f1(corpus):

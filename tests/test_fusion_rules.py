@@ -345,3 +345,17 @@ def test_one_model_alone_returns_its_own_argmax(P, data):
     if seen.any():
         for rule in (ConfidenceEnsemble(), PriorEnsemble(), WeightedSumFusion(steps=4)):
             np.testing.assert_array_equal(rule.fit([p], y).predict([p]), expected)
+
+
+def test_cross_fit_proba_is_out_of_fold_and_keeps_every_class_in_each_fit():
+    from lightning_emo.fusion.rules import LogisticRegressionFusion, cross_fit_proba
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 10 + [1] * 10 + [2] * 3)  # class 2 has fewer clips than folds: parts drop to 3
+    P = [rng.dirichlet(np.ones(3), size=len(y)) for _ in range(2)]
+    P[0][np.arange(len(y)), y] += 2.0
+    P[0] /= P[0].sum(1, keepdims=True)
+    oof = cross_fit_proba(lambda: LogisticRegressionFusion(), P, y, folds=5, seed=0)
+    assert oof.shape == (len(y), 3) and np.isfinite(oof).all()
+    insample = LogisticRegressionFusion().fit(P, y).predict_proba(P)
+    assert not np.allclose(oof, insample)  # each clip predicted by a fit that never saw it

@@ -70,9 +70,15 @@ def test_export_writes_the_hub_layout(tiny):
     assert 0 <= config["metrics"]["test"]["fused"]["accuracy"] <= 1
     assert 0 <= config["metrics"]["test"]["fused"]["ua"] <= 1 and 0 <= config["metrics"]["test"]["audio"]["macro_f1"] <= 1
     assert str(tiny["export"].parent) not in (out / "config.json").read_text()  # no local paths
-    keys = set(load_file(str(out / "model.safetensors")))
-    # handcrafted extractors: no extractor weights
-    assert keys and all(k.startswith(("heads.audio.", "heads.video.")) for k in keys)
+    tensors = load_file(str(out / "model.safetensors"))
+    # handcrafted extractors: no extractor weights; each head's input standardisation beside it
+    assert tensors and all(k.startswith(("heads.audio.", "heads.video.", "standardize.")) for k in tensors)
+    for m in ("audio", "video"):
+        ckpt = torch.load(tiny[m], map_location="cpu", weights_only=True)["state_dict"]
+        assert config["modalities"][m]["standardize"] == {"frames": int(ckpt["input_norm_frames"]),
+                                                          "dim": config["modalities"][m]["head"]["input_dim"]}
+        torch.testing.assert_close(tensors[f"standardize.{m}.mean"], ckpt["input_mean"], rtol=0, atol=0)
+        torch.testing.assert_close(tensors[f"standardize.{m}.std"], ckpt["input_std"], rtol=0, atol=0)
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: lightning-emo" in card and "license: apache-2.0" in card
     for text in ("## Metrics", "| fused (prior) |", "test UA", "test macro-F1", "`mfcc`", "`hog`", "no weights (handcrafted)", "detector `none`",

@@ -203,12 +203,18 @@ def test_push_refusals_name_the_cause_and_never_the_token(tiny, tmp_path, monkey
     assert rc == 2 and "lightning-emo export" in err
 
 
-def test_offline_and_not_cached_says_so(tiny, hub, tmp_path, capsys):
+def test_offline_and_not_cached_says_so(tiny, hub, tmp_path, capsys, monkeypatch):
     hub.add_commit("org/tiny", tree_from_folder(tiny["export"], HUB_FILES))
     rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/tiny", "--cache-dir", tmp_path / "c",
                          "--offline"], capsys)
     assert rc == 2 and "not in the Hugging Face cache" in err and "offline" in err and "refused" not in err
     assert "Traceback" not in err and hub.requests == []
+    # the cache looked in and the command to fill it, also for the default cache and a pinned revision
+    assert f"({tmp_path / 'c'})" in err and "(hf download org/tiny)" in err
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "default"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "default"))
+    rc, out, err = _run(["infer", tiny["clip"], "--model", "hf-hub:org/tiny@v1", "--offline"], capsys)
+    assert rc == 2 and f"({tmp_path / 'default'})" in err and "(hf download org/tiny --revision v1)" in err
 
 
 def test_pulling_with_a_wrong_token_never_shows_it(tiny, tmp_path, monkeypatch, capsys, caplog):
@@ -221,7 +227,7 @@ def test_pulling_with_a_wrong_token_never_shows_it(tiny, tmp_path, monkeypatch, 
                             capsys)
     finally:
         leaky.stop()
-    assert rc == 1 and "no such model repository" in err and "hf auth login" in err
+    assert rc == 2 and "no such model repository" in err and "hf auth login" in err
     assert f"Bearer {TOKEN}" in leaky.authorizations and TOKEN not in out + err + caplog.text
 
 

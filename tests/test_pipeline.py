@@ -27,6 +27,11 @@ def test_reproduce_tiny_protocol_writes_every_table(tmp_path, capsys, caplog):
         assert (fusion / name).is_file(), name
     protocol = json.loads((out / "protocol.json").read_text())
     assert set(protocol["predictions"]) == {"compare", "mfcc", "hog", "hog_sel256"}
+    # the stores the heads trained on (a selected set's derived store), as `export --run` reads them
+    assert protocol["stores"]["hog_sel256"].endswith("-sel256") and protocol["extracted"]["hog_sel256"].endswith("fps5")
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog_sel256", "--rule", "lr",
+                 "--out", str(tmp_path / "exported")]) == 0
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
     for path in protocol["predictions"].values():
         preds = read_predictions(path)
         assert set(preds.splits) == {"train", "val", "test"} and len(preds.clip_ids) == 28
@@ -98,7 +103,7 @@ def _summary_rows(out):
         return list(csv.DictReader(f))
 
 
-def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
+def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog, capsys):
     out = tmp_path / "folds"
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0
     rows = _summary_rows(out)
@@ -128,6 +133,12 @@ def test_reproduce_folds_write_summary_and_extract_once(tmp_path, caplog):
                  "--no-png", "--quiet"]) == 0
     fused = json.loads((tmp_path / "fused" / "mfcc+hog" / "prior" / "rule.json").read_text())["state"]
     assert fused["params"]["micro_f1"] == state["params"]["micro_f1"]
+    # `export --run` on the whole output names a run to export instead of looking for heads at the top
+    capsys.readouterr()
+    assert main(["export", "--run", str(out), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) != 0
+    assert f"holds 2 runs (folds x seeds), each with its own heads: export one of them, e.g. --run {out / 'folds'}" \
+        in capsys.readouterr().err
+    assert main(["export", "--run", str(run), "--audio", "mfcc", "--video", "hog", "--out", str(tmp_path / "m")]) == 0
     # a re-run skips the finished folds and extracts nothing
     caplog.set_level(logging.INFO, logger="lightning_emo")
     assert main(_fold_args(out, "--folds.scheme", "kfold", "--folds.k", "2")) == 0

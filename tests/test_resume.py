@@ -328,3 +328,38 @@ def test_last_ckpt_as_a_link_still_follows_every_epoch(toy, tmp_path):
     pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, callbacks=[ckpt], enable_progress_bar=False,
                enable_model_summary=False).fit(module, dm)
     assert _epoch_of(tmp_path / "link" / "last.ckpt") == 2
+
+
+def test_sigterm_during_predict_exits_143_writing_nothing(toy, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    config = _config(toy, tmp_path, max_epochs=1)
+    assert main(["fit", "--config", str(config)]) == 0
+    run = Path("runs/toy/version_0")
+    kill = tmp_path / "kill_predict.yaml"
+    kill.write_text("trainer:\n  callbacks:\n    - class_path: helpers.KillAt\n"
+                    "      init_args: {epoch: 0, batch: 0, signal: SIGTERM, stage: predict}\n")
+    args = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    assert main([*args, "--config", str(kill)]) == SIGTERM_EXIT
+    assert "predict stopped by SIGTERM; nothing was written" in caplog.text
+    assert not (run / "predictions.csv").exists()
+    assert main(args) == 0 and (run / "predictions.csv").is_file()
+
+
+def test_reproduce_resumes_an_interrupted_training_to_the_same_predictions(toy, tmp_path, monkeypatch):
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from lightning_emo.pipeline import train_and_predict
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    config = _config(toy, tmp_path, max_epochs=4)
+    manifest, store = toy / "manifest.csv", toy / "audio"
+    whole = train_and_predict("toy", manifest, store, tmp_path / "whole", str(config), [])
+    with pytest.raises(SIGTERMException):  # preempted in epoch 2 (reproduce_main turns this into exit 143)
+        train_and_predict("toy", manifest, store, tmp_path / "cut", str(config),
+                          ["--config", str(_kill_config(tmp_path, 2, "SIGTERM"))])
+    assert _epoch_of(tmp_path / "cut" / "toy" / "fit" / "checkpoints" / "last.ckpt") == 1
+    resumed = train_and_predict("toy", manifest, store, tmp_path / "cut", str(config), [])
+    assert resumed.read_text() == whole.read_text()
+    assert _rows(tmp_path / "cut" / "toy" / "fit") == _rows(tmp_path / "whole" / "toy" / "fit")

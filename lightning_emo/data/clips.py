@@ -36,11 +36,12 @@ from lightning_emo.data.corpora.cheavd import CLASSES as CHEAVD_CLASSES
 from lightning_emo.data.checks import STAGE_USES, check_splits
 from lightning_emo.data.samplers import eval_sampler, padding_item
 from lightning_emo.data.manifest import SPLITS, Clip, Manifest, ManifestError, read_manifest, sidecar_path
-from lightning_emo.data.media import MediaError, MissingStreamError, load_audio, load_frames
+from lightning_emo.data.media import MediaError, MissingStreamError, load_audio, load_frames, probe
 from lightning_emo.utils import log
 
 MODALITIES = ("audio", "video")
 ON_ERROR = ("raise", "warn")
+END_SLACK = 0.05  # seconds a manifest end may pass a file's reported duration (container rounding)
 
 
 def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
@@ -137,6 +138,20 @@ class ClipDataset(Dataset):
             return MissingStreamError(error.path, error.kind, f"{error.problem} ({where})")
         return MediaError(error.path, f"{error.problem} ({where})")
 
+    def _check_end(self, clip: Clip, path) -> None:
+        """Refuse a manifest ``end`` beyond the media file's duration (decoding would cut the clip short silently)."""
+        if clip.end is None:
+            return
+        try:
+            duration = probe(path).duration
+        except MediaError:
+            return  # the decoding below reports the file itself
+        # half a video frame / an audio packet of slack: containers round their durations
+        if duration is not None and clip.end > duration + END_SLACK:
+            raise ManifestError(self.manifest.source, f"clip {clip.clip_id!r}: end {clip.end:g} s is beyond the "
+                                f"duration of {path} ({duration:.3f} s); give an end within the file, or leave it "
+                                "empty for the rest of the file", self.manifest.lines.get(clip.clip_id), "end")
+
     def _decode(self, clip: Clip, what: str, fn):
         """``(value, present)``; ``value`` None when the track is missing or (with on_error=warn) broken."""
         try:
@@ -157,6 +172,7 @@ class ClipDataset(Dataset):
         clip = self.clips[index]
         path = self.manifest.media_path(clip)
         start, end = self.window(clip)
+        self._check_end(clip, path)
         item: dict[str, Any] = {"clip_id": clip.clip_id, "split": clip.split, "speaker": clip.speaker,
                                 "path": str(path), "label": self.manifest.label_index(clip.label)}
         if "audio" in self.modalities:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lightning_emo.utils import LocatedError, atomic_write_text
+from lightning_emo.utils import LocatedError, atomic_write_text, not_a_file
 
 REQUIRED_COLUMNS = ("clip_id", "path", "label", "split", "speaker")
 OPTIONAL_COLUMNS = ("start", "end", "group")
@@ -72,6 +72,7 @@ class Manifest:
     corpus: str = "custom"
     source: str = "<memory>"
     notes: list[str] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # clip_id -> CSV line
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -247,7 +248,7 @@ def read_manifest(
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(path, "manifest file not found")
+        raise ManifestError(path, not_a_file(path, "manifest file", "manifest.csv"))
     meta: dict = {}
     if sidecar_path(path).is_file():
         try:
@@ -256,7 +257,9 @@ def read_manifest(
             raise ManifestError(sidecar_path(path), f"not valid JSON ({e})", e.lineno) from None
     notes: list[str] = []
     if root is None:
-        root = (path.parent / meta["root"]) if "root" in meta else path.parent
+        # the sidecar's root is relative to the manifest's resolved folder (Manifest.write): joined back the
+        # same way and normalised, so that messages show /data/mine, not data/mine/../../../data/mine
+        root = Path(os.path.normpath(path.parent.resolve() / meta["root"])) if "root" in meta else path.parent
     root = Path(root)
 
     with io.StringIO(_read_utf8(path), newline="") as f:
@@ -327,7 +330,8 @@ def read_manifest(
     splits_given = {bool(c.split) for c in clips}
     if splits_given == {True, False}:
         notes.append("split column is filled for some clips only: the empty ones stay unassigned")
-    return Manifest(clips, classes, root, corpus=meta.get("corpus", "custom"), source=str(path), notes=notes)
+    return Manifest(clips, classes, root, corpus=meta.get("corpus", "custom"), source=str(path), notes=notes,
+                    lines=seen)
 
 
 def assign_splits(

@@ -50,6 +50,15 @@ class MediaError(UserError, ValueError):
         self.path, self.problem = str(path), message
 
 
+class DecodeSettingError(UserError, ValueError):
+    """A decoding setting that cannot work (``fps``, ``size``, ``sample_rate``): the value given to the command, the
+    config or the model is wrong, not the media file, so the message names the setting and not the file."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(f"decoding setting {setting}: {message}")
+        self.setting = setting
+
+
 class MissingStreamError(MediaError):
     """A readable media file without the track asked for (``kind`` is ``"audio"`` or ``"video"``)."""
 
@@ -264,7 +273,7 @@ def _audio_stream(container, path):
 def _audio_blocks(path, sample_rate: int, start: float | None, end: float | None) -> Iterator[np.ndarray]:
     """Yield float32 mono blocks at ``sample_rate`` covering exactly ``[start, end)``."""
     if int(sample_rate) != sample_rate or sample_rate <= 0:
-        raise MediaError(path, f"sample_rate must be a positive integer number of Hz, got {sample_rate}")
+        raise DecodeSettingError("sample_rate", f"must be a positive integer number of Hz, got {sample_rate}")
     sample_rate = int(sample_rate)
     start, end = _check_window(path, start, end)
     container = _open(path)
@@ -377,7 +386,7 @@ def iter_audio(
 
     size = round(chunk_seconds * sample_rate)
     if size <= 0:
-        raise MediaError(path, f"chunk_seconds must give at least one sample, got {chunk_seconds}")
+        raise DecodeSettingError("chunk_seconds", f"must give at least one sample, got {chunk_seconds}")
     pending: list[np.ndarray] = []
     have = 0
     for block in _audio_blocks(path, sample_rate, start, end):
@@ -410,13 +419,13 @@ def _target_size(size: int | Sequence[int] | None, width: int, height: int, path
         return None
     if isinstance(size, int):
         if size <= 0:
-            raise MediaError(path, f"size must be positive, got {size}")
+            raise DecodeSettingError("size", f"must be positive, got {size}")
         if height <= width:
             return size, max(1, round(width * size / height))
         return max(1, round(height * size / width)), size
     h, w = (int(s) for s in size)
     if h <= 0 or w <= 0:
-        raise MediaError(path, f"size must be (H, W) with positive values, got {tuple(size)}")
+        raise DecodeSettingError("size", f"must be (H, W) with positive values, got {tuple(size)}")
     return h, w
 
 
@@ -452,7 +461,7 @@ def iter_frames(
         MediaError: missing, empty, corrupt or truncated file; no frame in the window.
     """
     if fps is not None and (not math.isfinite(fps) or fps <= 0):
-        raise MediaError(path, f"fps must be a positive number, got {fps}")
+        raise DecodeSettingError("fps", f"must be a positive number, got {fps}")
     start, end = _check_window(path, start, end)
     container = _open(path)  # fail early (before the first next()) on a missing or broken file
     try:

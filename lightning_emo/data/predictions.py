@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lightning_emo.utils import LocatedError, atomic_write_text
+from lightning_emo.utils import LocatedError, atomic_write_text, not_a_file
 
 KEY_COLUMNS = ("clip_id", "split", "label")
 SUM_TOLERANCE = 1e-3  # rows must sum to 1 within this (values are written with 8 significant digits)
@@ -242,7 +242,7 @@ def read_predictions(path: str | os.PathLike, classes: Sequence[str] | None = No
     """
     path = Path(path)
     if not path.is_file():
-        raise PredictionsError(path, "predictions file not found")
+        raise PredictionsError(path, not_a_file(path, "predictions file", "predictions.csv"))
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:

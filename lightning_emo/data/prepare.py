@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import sys
 
+from lightning_emo import errors
 from lightning_emo.data.checks import CorpusError, check_splits
 from lightning_emo.data.corpora import CORPORA
 from lightning_emo.data.labelmap import apply_label_map
@@ -71,7 +71,7 @@ def check_ratios(ratios) -> None:
 @command("prepare")
 def main(argv: list[str] | None = None) -> int:
     names = ", ".join(CORPORA.names())
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="lightning-emo prepare",
         description="Read a corpus with its adapter (or validate a hand-written manifest), assign "
         "speaker-independent splits where the split column is empty, and write a manifest.",

@@ -25,7 +25,6 @@ seed always gives the same media.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_emo import errors
 from lightning_emo.console import track
 from lightning_emo.data.corpora.cheavd import CLASSES
 from lightning_emo.data.manifest import Clip, Manifest, assign_splits, read_manifest
@@ -649,7 +649,7 @@ def synthesize(
 @command("synth")
 def main(argv: list[str] | None = None) -> int:
     """``lightning-emo synth``: write the synthetic corpus and print its manifest summary."""
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="lightning-emo synth",
         description="Write a synthetic audio-visual emotion corpus (MP4 clips of drawn talking faces with "
         "speech-like audio, the seven CHEAVD classes) and its manifest with speaker-independent splits.",

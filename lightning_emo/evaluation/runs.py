@@ -132,7 +132,11 @@ def run_fold(
     resolve_config: Callable[[str], Path],
     store_name: Callable[[Any], str],
 ) -> dict[str, Any]:
-    """Run one fold x seed end to end and write its done-marker; returns ``{condition: Report}``."""
+    """Run one fold x seed end to end and write its done-marker.
+
+    Returns ``({condition: Report}, {set: the store its head trained on})`` (a selected set's
+    store is the fold's selected store, which ``lightning-emo export --run`` needs).
+    """
     from lightning_emo.evaluation.summary import write_run_scores
     from lightning_emo.fusion.report import fuse_report
 
@@ -154,7 +158,7 @@ def run_fold(
     stored = stored_micro_f1(run_dir / "runs", list(modalities)) if p.priors == "checkpoint" else {}
     report = fuse_report({n: predictions[n] for n in modalities}, modalities=modalities, rules=p.rules,
                          calibrate=p.calibrate, crossfit=p.crossfit, stored_f1=stored, select_metric=p.select_metric,
-                         seed=seed)
+                         seed=seed, val_folds=p.val_folds)
     report.notes[:0] = [f"{fold.name}, seed {seed}"] + list(fold.notes)
     report.write(run_dir / "fusion")
     reports: dict[str, Any] = {"in": report}
@@ -170,7 +174,7 @@ def run_fold(
     # written last: a run killed before this line is redone (its finished heads are reused)
     atomic_write_text(run_dir / DONE, json.dumps({"fold": fold.name, "seed": seed,
                                                   "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
-    return reports
+    return reports, fold_stores
 
 
 def _selected_stores(out: Path, fold: Fold, fold_path: Path, sets, stores: dict[str, Path], single: bool,
@@ -220,7 +224,7 @@ def _run_cross(p, out: Path, run_dir: Path, fold: Fold, cross: CrossSetup, sets,
         models[name] = _cross_predictions(heads[name], test_csv, cross.name)
     stored = stored_micro_f1(runs, list(modalities)) if p.priors == "checkpoint" else {}
     report = fuse_report(models, modalities=modalities, rules=p.rules, calibrate=p.calibrate, crossfit=p.crossfit,
-                         stored_f1=stored, select_metric=p.select_metric, seed=seed)
+                         stored_f1=stored, select_metric=p.select_metric, seed=seed, val_folds=p.val_folds)
     report.notes[:0] = [f"cross-corpus: trained on {fold.name} (seed {seed}), tested on {cross.name}"] + cross.notes
     report.write(cdir / "fusion")
     return report

@@ -261,10 +261,10 @@ def _markdown(methods: dict[str, dict[str, _Method]], result: dict[str, Any], no
                 parts += ["", f"Cross-corpus ({c.split(':', 1)[1]}) recommended by validation: **{rc}**, test WA "
                           f"{_pm(x['mean'], x['std'])}."]
     lr_val = [cond["val"][n] for n, m in by_name.items() if m.kind != "single" and "LR" in n]
-    if lr_val and not any("cross-fitting" in n for n in notes):
+    if lr_val and not any("cross-fitt" in n for n in notes):
         notes = notes + ["fusion validation scores are in-sample (the paper's fit): LR and the cascades score "
                          "optimistically on the clips they were fitted on, which biases the validation choice towards "
-                         "them; `crossfit: 5` makes them out-of-sample"]
+                         "them; `val_folds: 5` (the default) makes them out-of-sample"]
     if notes:
         parts += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"

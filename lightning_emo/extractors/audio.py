@@ -278,6 +278,8 @@ class ComParEExtractor(AudioExtractor):
     Output ``(B, T, 66 * (deltas + 1))`` at 100 frames/s; 198-d by default.
     """
 
+    store_dtype = "float32"  # raw LLDs (energies, spectral flux) on real speech exceed float16's 6.5e4
+
     def __init__(self, deltas: int = 2):
         if deltas not in (0, 1, 2):
             raise ValueError(f"deltas must be 0, 1 or 2, got {deltas!r}")

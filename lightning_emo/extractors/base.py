@@ -24,7 +24,7 @@ from torch import nn
 from lightning_emo.errors import ConfigError, UserError
 from lightning_emo.registry import Registry
 from lightning_emo.specs import WEIGHT_KINDS, ExtractorSpec, WeightsSource  # noqa: F401 (re-exported)
-from lightning_emo.utils import sha256_file  # noqa: F401 (re-exported)
+from lightning_emo.utils import not_a_file, sha256_file  # noqa: F401 (sha256_file re-exported)
 from lightning_emo.extractors.weights import WeightsNotFoundError  # noqa: F401 (re-exported)
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -43,9 +43,15 @@ for _module, _names in {
 
 
 class Extractor(nn.Module):
-    """Base class: holds the spec and checks inputs against it."""
+    """Base class: holds the spec and checks inputs against it.
+
+    ``store_dtype`` is the feature-store dtype the extractor's values need (the default of
+    ``extract --dtype``): float16 (range 6.5e4, 3 significant digits) for normalised network
+    features, float32 for raw acoustic descriptors whose energies exceed float16's range.
+    """
 
     spec: ExtractorSpec
+    store_dtype: str = "float16"
 
     def __init__(self, spec: ExtractorSpec):
         super().__init__()
@@ -71,6 +77,10 @@ class Extractor(nn.Module):
         raise NotImplementedError
 
 
+class UnknownOptionError(UserError, TypeError):
+    """An extractor option its builder does not take (a TypeError, as calling the builder with it would be)."""
+
+
 def check_options(name: str, options: Mapping[str, Any]) -> None:
     """Refuse options extractor ``name``'s builder does not take, naming them and the ones it does."""
     import inspect
@@ -81,7 +91,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
     unknown = [k for k in options if k not in params]
     if unknown:
         known = ", ".join(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL) or "none"
-        raise ConfigError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))} (its options: {known}); "
+        raise UnknownOptionError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))} (its options: {known}); "
                           "fix or drop it (`--option KEY=VALUE` on the command line)")
 
 
@@ -142,7 +152,7 @@ def resolve_weights(
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise WeightsNotFoundError(f"weights file {p} not found")
+            raise WeightsNotFoundError(f"{p}: {not_a_file(p, 'weights file')}")
         _check_digest(p, source)
         return p
     if source.kind == "none":

@@ -15,6 +15,7 @@ Python API: :func:`extract`. Test hook: the environment variable
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from lightning_emo.data.manifest import Clip, Manifest, read_manifest
-from lightning_emo.data.store import FeatureStore, FeatureStoreError, RunLock, cache_key
+from lightning_emo.data.store import FeatureStore, FeatureStoreError, RunLock, StaleStoreError, cache_key
 from lightning_emo.errors import ConfigError, UsageError, command, describe_parse_error
 from lightning_emo.extractors.base import EXTRACTORS, Extractor, ExtractorSpec, check_options
 from lightning_emo.extractors.runner import (  # noqa: F401  (EXTRACTOR_MODULES, register_extractors: API)
@@ -49,6 +50,7 @@ from lightning_emo.console import Progress, quiet_upstream
 from lightning_emo.utils import log, output_dir, setup_logging
 
 DEFAULT_FPS = 5.0
+MAX_FPS = 240.0  # --fps above any camera's rate only repeats frames
 DELAY_ENV = "LIGHTNING_EMO_EXTRACT_DELAY"
 SIGTERM_EXIT = 143  # 128 + SIGTERM
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -286,7 +288,7 @@ def extract(
     batch_size: int = 8,
     num_workers: int | None = None,
     precision: str = "auto",
-    dtype: str = "float16",
+    dtype: str | None = None,
     name: str | None = None,
     select: int | None = None,
     select_options: Mapping[str, Any] | None = None,
@@ -309,7 +311,8 @@ def extract(
         batch_size, num_workers: clips per batch and decoding worker processes per rank (None:
             :func:`default_decoding_workers`).
         precision: ``auto`` (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.
-        dtype: stored dtype, ``float16`` or ``float32``.
+        dtype: stored dtype, ``float16`` or ``float32``; default: the extractor's ``store_dtype``
+            (float32 for ``compare``, whose values exceed float16's range).
         name: the store's directory name (default: the extractor name).
         select: also write a derived store keeping this many random-forest-selected features
             (fitted on the train split), ``out/<name>-sel<k>``, and return it.
@@ -333,6 +336,18 @@ def extract(
         m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, root=root, check_files=False)
         return select_features(result.store, m, select, overwrite=overwrite, **dict(select_options or {}))
     return result.store
+
+
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """Refuse ``--trainer.accelerator cuda``/``gpu``/``mps`` on a machine without one, before any store is made."""
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise ConfigError(f"--trainer.accelerator {accelerator}: CUDA is not available on this machine (torch "
+                          f"{torch.__version__}{', built without CUDA' if torch.version.cuda is None else ''}); use "
+                          "--trainer.accelerator cpu (or auto)")
+    if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("--trainer.accelerator mps: MPS is not available on this machine; use --trainer.accelerator "
+                          "cpu (or auto)")
 
 
 def resolve_precision(precision: str, accelerator: Any, spec: ExtractorSpec | None = None) -> str:
@@ -362,7 +377,7 @@ def run_extraction(
     batch_size: int = 8,
     num_workers: int | None = None,
     precision: str = "auto",
-    dtype: str = "float16",
+    dtype: str | None = None,
     name: str | None = None,
     overwrite: bool = False,
     commit_every: int = 16,
@@ -400,6 +415,8 @@ def run_extraction(
         # the detector's effective settings (detect-and-track policy, detection size), not only those given:
         # a store made with other defaults is refused as stale instead of being mixed
         key_extra["detector_options"] = {**det.cache_options(), **dict(detector_options or {})}
+    requested = dtype
+    dtype = dtype or model.store_dtype
     key = cache_key(spec, dtype=dtype, detector=detector if face else None, fps=probe_fps if face else None,
                     extra=key_extra or None)
     store_path = Path(out) / (name or extractor)
@@ -410,7 +427,17 @@ def run_extraction(
         store_path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(store_path, command=" ".join(["lightning-emo", *sys.argv[1:]]), wait=wait)
     try:
-        store = FeatureStore.create(store_path, spec, key, dtype=dtype, overwrite=overwrite)
+        try:
+            store = FeatureStore.create(store_path, spec, key, dtype=dtype, overwrite=overwrite)
+        except StaleStoreError as e:
+            if "dtype" not in e.differences:
+                raise
+            old = e.differences["dtype"][0]
+            why = (f"{extractor}'s values need {dtype}, its default" if requested is None
+                   else f"--dtype {dtype} was asked for")
+            raise StaleStoreError(f"{e} The store holds {old} features and {why}: pass --dtype {old} to keep using "
+                                  f"the store as it is, or --overwrite to extract it again as {dtype}.",
+                                  e.differences) from None
         return _run_locked(store, manifest, model, det, spec, probe_fps, batch_size, num_workers, precision,
                            commit_every, on_error, trainer, detector if face else None)
     finally:
@@ -576,7 +603,8 @@ def build_parser():
                              "up to 4 with a GPU)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 (or fp16) mixed precision on GPU, fp32 on CPU")
-    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored dtype")
+    parser.add_argument("--dtype", default=None, choices=("float16", "float32"),
+                        help="stored dtype (default: what the extractor needs: float32 for compare, else float16)")
     parser.add_argument("--select", type=int, default=None, metavar="K",
                         help="also write OUT/<name>-sel<K>: the K features a random forest fitted on the train "
                         "split finds most important (the paper: 1024 or 2048 of the face CNN's 9216)")
@@ -613,7 +641,7 @@ def build_parser():
 
 @command("extract")
 def main(argv: list[str] | None = None) -> int:
-    """``lightning-emo extract``; a bad input is one paragraph on stderr and exit status 2 (:mod:`lightning_emo.errors`)."""
+    """``lightning-emo extract``; a bad input is one paragraph on stderr, exit status 2 (:mod:`lightning_emo.errors`)."""
     from argparse import ArgumentError
 
     if argv is not None and "--list" in argv:
@@ -640,6 +668,15 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg, trainer_args: dict[str, Any]) -> int:
     if cfg.name and len(cfg.extractor) > 1:
         raise UsageError("--name works with one --extractor only")
+    for flag, value, low in (("--fps", cfg.fps, None), ("--batch-size", cfg.batch_size, 1),
+                             ("--commit-every", cfg.commit_every, 1), ("--num-workers", cfg.num_workers, 0)):
+        if value is None:
+            continue
+        if low is None and not (math.isfinite(value) and 0 < value <= MAX_FPS):
+            raise UsageError(f"{flag} {value:g}: expected video frames per second sampled, above 0 and at most "
+                             f"{MAX_FPS:g} (e.g. 5)")
+        if low is not None and value < low:
+            raise UsageError(f"{flag} {value}: expected a whole number >= {low}")
     if cfg.select is not None and cfg.select < 1:
         raise UsageError(f"--select {cfg.select}: expected the number of features to keep (>= 1), e.g. --select 1024")
     options = _parse_pairs(cfg.option, "--option")
@@ -650,6 +687,7 @@ def _run(cfg, trainer_args: dict[str, Any]) -> int:
         detector_options["detect_every"] = cfg.detect_every
     select_options = _parse_pairs(cfg.select_option, "--select-option")
     output_dir(cfg.out, "--out")
+    check_accelerator(trainer_args)
     register_extractors()
     for name in cfg.extractor:
         EXTRACTORS.get(name)  # an unknown name is refused before any work, listing the known ones
@@ -677,8 +715,9 @@ def _run(cfg, trainer_args: dict[str, Any]) -> int:
     if cfg.select is not None and results:
         for result in results:
             if cfg.select > result.store.dim:
-                raise UsageError(f"--select {cfg.select}: {result.store.path} has only {result.store.dim} features; "
-                                 f"give a number from 1 to {result.store.dim}")
+                raise UsageError(f"--select {cfg.select}: {result.store.path} (extracted and kept) has only "
+                                 f"{result.store.dim} features; run again with a number from 1 to {result.store.dim} "
+                                 "(the extraction is not repeated)")
             derived = select_features(result.store, manifest, cfg.select, seed=cfg.seed, overwrite=cfg.overwrite,
                                       **select_options)
             print(f"select {result.store.path.name}: kept {derived.dim} of {result.store.dim} features "

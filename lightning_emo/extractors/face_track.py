@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torchvision.ops import box_iou
 
-from lightning_emo.extractors.face_detect import Track, crop_boxes, smooth_boxes, track_main_face
+from lightning_emo.extractors.face_boxes import Track, crop_boxes, smooth_boxes, track_main_face
 
 __all__ = ["TrackingPolicy", "colour_histograms", "detect_and_track", "histogram_similarity", "interpolate_track",
            "shot_cuts"]

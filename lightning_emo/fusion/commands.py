@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightning_emo import errors
 from lightning_emo.errors import UsageError, UserError, command, debug_enabled, present
 from lightning_emo.fusion.report import DEFAULT_RULES, expand_rules, fuse_report
 from lightning_emo.fusion.rules import RULES
@@ -33,7 +34,7 @@ def _named(value: str) -> tuple[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lightning-emo fuse", description=__doc__,
+    p = errors.ArgumentParser(prog="lightning-emo fuse", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("--audio", type=_named, action="append", default=[], metavar="NAME=CSV",
                    help="an audio model's predictions.csv (repeatable)")
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crossfit", type=int, default=0, metavar="K",
                    help="0 (default, the paper): rules fitted and scored on val in-sample; K >= 2: validation scores "
                         "from K-fold cross-fitting over the val clips (out-of-sample)")
+    p.add_argument("--val-folds", type=int, default=5, metavar="K",
+                   help="how rules are scored on val, which picks the recommended method (with --crossfit 0): K-fold "
+                        "cross-fitted (default 5: no clip scored by a rule fitted on it), or 0: in-sample (favours LR); "
+                        "test predictions do not change")
     p.add_argument("--select-metric", default="wa", choices=["wa", "ua", "macro_f1", "weighted_f1"],
                    help="validation metric that picks the recommended method (default: wa)")
     p.add_argument("--all", dest="fuse_all", action="store_true", help="also fuse all the models together")
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs([args.out / "results.md", args.out / "results.csv"], args.overwrite)
         report = fuse_report(models, modalities, rules=args.rules, calibrate=args.calibrate,
                              fuse_all=args.fuse_all, val_split=args.val_split, test_split=args.test_split,
-                             crossfit=args.crossfit, stored_f1=stored, select_metric=args.select_metric)
+                             crossfit=args.crossfit, stored_f1=stored, select_metric=args.select_metric,
+                             val_folds=args.val_folds)
         written = report.write(args.out, png=not args.no_png, overwrite=args.overwrite)
     except ValueError as e:  # the rules' arguments (crossfit, select_metric) and the files' contents
         if debug_enabled() or isinstance(e, UserError):

@@ -14,11 +14,12 @@ Conventions:
   :mod:`lightning_emo.fusion.metrics` for every model and method, on val and on test;
 * the recommended method (:attr:`Report.best`) is the one with the highest VALIDATION score
   (``select_metric``, WA by default), and its test scores are reported; picking by test score
-  would select on the test set. In the paper's mode the fusion rules are fitted on the same
-  validation clips they are scored on (in-sample, optimistic for LR); with ``crossfit=K`` every
-  rule's validation predictions come from K-fold cross-fitting over the validation clips
-  (fitted on K-1 parts, predicting the held-out part), so validation scores are out-of-sample,
-  while test predictions still come from the rule fitted on all validation clips;
+  would select on the test set. The fusion rules are fitted on the validation clips (the
+  paper's fit), so their validation scores come from K-fold cross-fitting over those clips
+  (``val_folds``, default 5: fitted on K-1 parts, predicting the held-out part), out-of-sample,
+  while test predictions still come from the rule fitted on all validation clips; scored
+  in-sample (``val_folds=0``) LR and the cascades would win the choice on their own training
+  clips. ``crossfit=K`` also fits the cascades' prior on cross-fitted LR outputs;
 * the recommended fusion is compared with the recommended single model on the same test clips
   (McNemar's exact test and a paired bootstrap of the WA difference);
 * inside a pair the video model is listed first, so it wins exact margin ties as in the paper's
@@ -100,8 +101,23 @@ class Table:
         return buf.getvalue()
 
 
+class _Scored:
+    """WA on validation and on test, for single models and fusion methods alike."""
+
+    val_scores: dict[str, float]
+    test_scores: dict[str, float]
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.val_scores["wa"]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test_scores["wa"]
+
+
 @dataclass
-class SingleResult:
+class SingleResult(_Scored):
     """One model on its own: validation and test scores (:data:`METRICS`), test recall per class, coverage."""
 
     name: str
@@ -113,20 +129,12 @@ class SingleResult:
     predictions: Predictions | None = None
 
     @property
-    def val_accuracy(self) -> float:
-        return self.val_scores["wa"]
-
-    @property
-    def test_accuracy(self) -> float:
-        return self.test_scores["wa"]
-
-    @property
     def label(self) -> str:
         return self.name
 
 
 @dataclass
-class MethodResult:
+class MethodResult(_Scored):
     """One fusion rule applied to one group of models.
 
     Attributes:
@@ -151,14 +159,6 @@ class MethodResult:
     test_scores: dict[str, float]
     recall: np.ndarray
     prior: np.ndarray | None = None
-
-    @property
-    def val_accuracy(self) -> float:
-        return self.val_scores["wa"]
-
-    @property
-    def test_accuracy(self) -> float:
-        return self.test_scores["wa"]
 
     @property
     def label(self) -> str:
@@ -192,6 +192,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     select_metric: str = "wa"
     fit_mode: str = "paper"
+    val_folds: int = 0  # K-fold cross-fitted validation scores of the fusion rules; 0: in-sample
 
     def _pick(self, items: Sequence[SingleResult | MethodResult]):
         # Highest validation score; ties go to the higher test-independent order (first listed).
@@ -242,8 +243,8 @@ class Report:
         """Every single model and fusion method: validation WA, then test WA, UA, macro-F1, weighted-F1."""
         rows = [(r.label, [f"{r.val_scores[self.select_metric]:.3f}"] + [f"{r.test_scores[m]:.3f}" for m in METRICS])
                 for r in [*self.singles, *self.results]]
-        mode = ("in-sample: rules fitted on these clips (the paper's mode)" if self.fit_mode == "paper"
-                else "out-of-sample: cross-fitted over validation folds")
+        mode = ("in-sample: rules fitted on these clips" if not self.val_folds
+                else f"out-of-sample: {self.val_folds}-fold cross-fitted over the validation clips")
         return Table("All methods: validation and test scores", "model / method",
                      [f"val {TITLES[self.select_metric]}"] + [TITLES[m] for m in METRICS], rows,
                      [f"validation scores of fusion rules are {mode}"])
@@ -432,6 +433,7 @@ def fuse_report(
     stored_f1: Mapping[str, float] | None = None,
     select_metric: str = "wa",
     seed: int = 0,
+    val_folds: int = 5,
 ) -> Report:
     """Fit every rule on validation and score it on test, for every audio x video pair and group.
 
@@ -459,6 +461,11 @@ def fuse_report(
             output's F1 on validation: no checkpoint holds it).
         select_metric: the validation metric that picks :attr:`Report.best` (``wa``, ``ua``,
             ``macro_f1``, ``weighted_f1``).
+        val_folds: how the fusion rules are SCORED on validation, which picks the recommended
+            method, when ``crossfit`` is 0: K-fold cross-fitting of the paper-mode rule (default
+            5: no clip is scored by a rule fitted on it; fitted rules would otherwise win the
+            choice on their own training clips), or 0 for in-sample scores. The rules and their
+            test predictions are the paper's either way. ``crossfit`` K >= 2 implies K here.
 
     Returns:
         :class:`Report`.
@@ -474,6 +481,9 @@ def fuse_report(
         raise ValueError(f"select_metric must be one of {', '.join(METRICS)}, got {select_metric!r}")
     if crossfit == 1 or crossfit < 0:
         raise ValueError(f"crossfit must be 0 (the paper's in-sample fit) or at least 2 folds, got {crossfit}")
+    if val_folds == 1 or val_folds < 0:
+        raise ValueError(f"val_folds must be 0 (in-sample validation scores) or at least 2 folds, got {val_folds}")
+    score_folds = crossfit or val_folds
     preds = {name: _load(name, src) for name, src in models.items()}
     if not preds:
         raise UsageError("no models given")
@@ -562,8 +572,8 @@ def fuse_report(
             rule = build()
             rule.fit(P[:, is_val], y[is_val])
             probs = rule.predict_proba(P)
-            if crossfit:
-                probs[is_val] = cross_fit_proba(build, P[:, is_val], y[is_val], crossfit, seed)
+            if score_folds:
+                probs[is_val] = cross_fit_proba(build, P[:, is_val], y[is_val], score_folds, seed)
             fused = base.with_probs(probs, source=f"{group}/{rule_name}")
             pred = fused.predicted
             recall = _recall(pred[is_test], y[is_test], C)
@@ -582,8 +592,9 @@ def fuse_report(
     if used:
         notes.append(f"prior rule of {', '.join(used)}: micro-F1 from the FusionPriorCallback state in the "
                      "checkpoints (not recomputed from the predictions)")
-    if crossfit:
-        notes.append(f"validation scores of the fusion rules are {crossfit}-fold cross-fitted over the validation "
+    if score_folds:
+        notes.append(f"validation scores of the fusion rules are {score_folds}-fold cross-fitted over the validation "
                      "clips (out-of-sample); test scores come from the rules fitted on all validation clips")
     return Report(classes, singles, results, y[is_test], np.flatnonzero(is_test), calibrated=calibrate,
-                  notes=notes, select_metric=select_metric, fit_mode="crossfit" if crossfit else "paper")
+                  notes=notes, select_metric=select_metric, fit_mode="crossfit" if crossfit else "paper",
+                  val_folds=score_folds)

@@ -574,8 +574,10 @@ def cross_fit_proba(build: Callable[[], FusionRule], posteriors: Posteriors, y: 
     """Out-of-fold fused posteriors: each part of the clips is predicted by a rule fitted on the others.
 
     The clips are cut into ``folds`` parts, stratified by label (scikit-learn's
-    ``StratifiedKFold``, shuffled with ``seed``) when every class has that many clips, else
-    plain shuffled ``KFold``. Shapes: M arrays ``(N, C)``, ``y`` ``(N,)`` -> ``(N, C)``.
+    ``StratifiedKFold``, shuffled with ``seed``); when a class has fewer clips than ``folds``
+    the number of parts drops to that class's count (at least 2), so every fitting part still
+    sees every class; with a class of a single clip, plain shuffled ``KFold``.
+    Shapes: M arrays ``(N, C)``, ``y`` ``(N,)`` -> ``(N, C)``.
     """
     from sklearn.model_selection import KFold, StratifiedKFold
 
@@ -585,8 +587,8 @@ def cross_fit_proba(build: Callable[[], FusionRule], posteriors: Posteriors, y: 
     k = min(int(folds), n)
     if k < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds and 2 clips, got {folds} folds over {n} clips")
-    counts = np.bincount(y)
-    splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if counts[counts > 0].min() >= k
+    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
+    splitter = (StratifiedKFold(min(k, smallest), shuffle=True, random_state=seed) if smallest >= 2
                 else KFold(k, shuffle=True, random_state=seed))
     out = np.full((n, P.shape[2]), np.nan)
     for train, held in splitter.split(np.zeros(n), y):

@@ -20,13 +20,16 @@ __all__ = ["CLASSES", "fused_rule_files", "random_clip", "tiny_model", "train_he
 
 def train_head_checkpoint(path: str | os.PathLike, spec: Mapping[str, Any], classes: Sequence[str], *,
                           input_dim: int | None = None, head: str = "lstm", hidden_dim: int = 16, steps: int = 15,
-                          frames: int = 12, seed: int = 0, head_options: Mapping[str, Any] | None = None) -> Path:
+                          frames: int = 12, seed: int = 0, head_options: Mapping[str, Any] | None = None,
+                          input_norm: bool = True) -> Path:
     """Train an ``EmotionModule`` head for ``steps`` Adam steps on class-shifted random features; save its checkpoint.
 
     Args:
         spec: the extractor spec dict (``ExtractorSpec.to_dict()``) the head claims to read.
         input_dim: feature dimension (default ``spec["dim"]``; smaller after selection).
         frames: frames per training sequence.
+        input_norm: measure the input standardisation first, as ``fit`` does (the features are
+            shifted and scaled per dimension, so it is far from the identity).
 
     Returns:
         ``path``, a Lightning-format checkpoint with a ``FusionPriorCallback`` state.
@@ -39,24 +42,30 @@ def train_head_checkpoint(path: str | os.PathLike, spec: Mapping[str, Any], clas
     torch.manual_seed(seed)
     dim = int(input_dim or spec["dim"])
     module = EmotionModule(input_dim=dim, classes=list(classes), modality=spec["modality"], extractor_spec=dict(spec),
-                           head=head, hidden_dim=hidden_dim, head_options=dict(head_options or {}) or None)
+                           head=head, hidden_dim=hidden_dim, head_options=dict(head_options or {}) or None,
+                           input_norm=input_norm)
     C = len(classes)
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(C, dim, generator=g)
+    offset, scale = 2.0 * torch.randn(dim, generator=g), 0.2 + 3.0 * torch.rand(dim, generator=g)
+
+    def sample(y: torch.Tensor) -> torch.Tensor:
+        return (centres[y][:, None, :] + torch.randn(len(y), frames, dim, generator=g)) * scale + offset
+
+    if input_norm:
+        module.fit_input_norm([{"x": sample(torch.randint(0, C, (16,), generator=g))} for _ in range(2)])
     opt = torch.optim.Adam(module.head.parameters(), lr=1e-2)
     module.train()
     for _ in range(steps):
         y = torch.randint(0, C, (16,), generator=g)
-        x = centres[y][:, None, :] + torch.randn(16, frames, dim, generator=g)
-        loss = F.cross_entropy(module(x, torch.full((16,), frames)), y)
+        loss = F.cross_entropy(module(sample(y), torch.full((16,), frames)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     module.eval()
     with torch.no_grad():
         y = torch.arange(C).repeat(8)
-        x = centres[y][:, None, :] + torch.randn(len(y), frames, dim, generator=g)
-        acc = float((module(x, torch.full((len(y),), frames)).argmax(-1) == y).float().mean())
+        acc = float((module(sample(y), torch.full((len(y),), frames)).argmax(-1) == y).float().mean())
     fusion_state = {"version": 1, "metrics": {spec["modality"]: {"micro_f1": acc, "macro_f1": acc,
                                                                  "recall": {c: acc for c in classes}}},
                     "priors": {spec["modality"]: 0.0}, "classes": list(classes), "epoch": 0, "global_step": steps}

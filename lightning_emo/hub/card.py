@@ -107,6 +107,8 @@ def render_card(config: Mapping[str, Any], repo_id: str | None = None) -> str:
         source, revision, license_ = _weights(spec, mc.get("embedded"))
         sel = mc.get("selector")
         feats = f"{spec['dim']}-d" + (f", {sel['k']} selected by {sel.get('method', 'random forest')}" if sel else "")
+        if mc.get("standardize"):
+            feats += f", standardised (training-set mean/std over {mc['standardize']['frames']} frames)"
         if m == "video":
             det = mc["input"]["detector"]
             inp = f"{mc['input']['fps']:g} fps, detector `{det['name']}`, {spec.get('crop_size')} px crops"

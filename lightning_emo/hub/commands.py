@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from lightning_emo import errors
 from lightning_emo.errors import EXIT_BAD_INPUT, command, present
 from lightning_emo.utils import (
     atomic_write_text,
@@ -75,7 +76,7 @@ trained with; without them give --detector (and --fps). Writes config.json, mode
 @command("export")
 def export_main(argv: list[str] | None = None) -> int:
     """``lightning-emo export``: trained checkpoints (+ fusion rule) -> a recognizer folder in the Hub layout."""
-    p = argparse.ArgumentParser(prog="lightning-emo export", description=export_main.__doc__,
+    p = errors.ArgumentParser(prog="lightning-emo export", description=export_main.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EPILOG)
     p.add_argument("--ckpt", action="append", default=[], metavar="[MODALITY=]CKPT",
                    help="an EmotionModule checkpoint (modality read from it, or audio=/video=); repeat per modality")
@@ -182,7 +183,7 @@ def export_main(argv: list[str] | None = None) -> int:
 @command("push")
 def push_main(argv: list[str] | None = None) -> int:
     """``lightning-emo push``: upload an exported recognizer folder to the Hugging Face Hub."""
-    p = argparse.ArgumentParser(
+    p = errors.ArgumentParser(
         prog="lightning-emo push", description=push_main.__doc__,
         epilog="The token comes from HF_TOKEN or `hf auth login`; it is never printed. Only config.json, "
                "model.safetensors and README.md are uploaded. HF_ENDPOINT picks the Hub; each request waits at most "
@@ -236,7 +237,7 @@ def _top(p, classes) -> str:
 @command("infer")
 def infer_main(argv: list[str] | None = None) -> int:
     """``lightning-emo infer``: recognise emotions in media files (per clip, or over time with --timeline)."""
-    p = argparse.ArgumentParser(
+    p = errors.ArgumentParser(
         prog="lightning-emo infer", description=infer_main.__doc__,
         epilog="MODEL: an exported folder, hf-hub:ORG/NAME[@REVISION], or a zoo name (lightning-emo zoo). "
                "A file without an audio track or without a face is predicted from the other modality.")
@@ -370,7 +371,7 @@ def _infer_timeline(model, args) -> int:
 @command("zoo")
 def zoo_main(argv: list[str] | None = None) -> int:
     """``lightning-emo zoo``: list the model zoo (or add an entry, or check/regenerate its README)."""
-    p = argparse.ArgumentParser(prog="lightning-emo zoo", description=zoo_main.__doc__)
+    p = errors.ArgumentParser(prog="lightning-emo zoo", description=zoo_main.__doc__)
     p.add_argument("--zoo", default=None,
                    help="the zoo directory (default: $LIGHTNING_EMO_ZOO or the repository's zoo/)")
     p.add_argument("--json", action="store_true", help="print the entries as JSON")

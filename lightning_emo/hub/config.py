@@ -5,6 +5,9 @@ An exported recognizer is a directory in the Hugging Face Hub layout::
     config.json          this module's format (JSON-able; no local paths, no tokens)
     model.safetensors    heads.<modality>.*         the head weights (float32)
                          selectors.<modality>.indices  int64 (k,): feature-selector columns
+                         standardize.<modality>.mean / .std  float32 (input_dim,): the head's
+                                                    input standardisation (training-set
+                                                    statistics kept in the checkpoint)
                          extractors.<modality>.*    only for extractors whose weights are not
                                                     public: ``file``-sourced (the paper's
                                                     DNN / CNN) or fine-tuned ones
@@ -13,7 +16,7 @@ An exported recognizer is a directory in the Hugging Face Hub layout::
 ``config.json``::
 
     {
-      "format": "lightning_emo.recognizer", "format_version": 1,
+      "format": "lightning_emo.recognizer", "format_version": 2,
       "library": {"name": "lightning-emo", "version": "0.1.0"},
       "name": "synthetic-demo", "description": "...",
       "classes": ["angry", ...],
@@ -25,6 +28,8 @@ An exported recognizer is a directory in the Hugging Face Hub layout::
           "input": {"sample_rate": 16000}  # audio; video: {"fps": 5.0, "detector": {"name", "options"}}
           "feature_dtype": "float16",      # the feature store's dtype: features are rounded to it
           "selector": null | {"method": "random_forest", "k", "dim", "unit", "params"},
+          "standardize": null | {"frames": N, "dim": D},  # (x - mean) / std before the head, as
+                                           #   EmotionModule.normalize; null: the head had none
           "head": {"name": "lstm", "input_dim", "num_classes", "hidden_dim", "dropout", "options": {}},
           "temperature": null | float,     # applied to the reported per-modality posteriors only
           "checkpoint": {"file", "sha256", "epoch", "global_step"},
@@ -47,6 +52,11 @@ binding existed) still loads, with a warning that nothing binds its files: re-sa
 (``fps: 1e9``) are refused with the field's path, as is JSON nested deeper than
 :data:`MAX_DEPTH` (:func:`parse_config`).
 
+Inference repeats the trained head's input pipeline in its order: extractor -> selector
+columns -> rounding to ``feature_dtype`` (the store's) -> ``standardize`` -> head (its frame
+pooling and masks inside). Version 1 folders carried no standardisation: they are refused with
+the command that re-exports them (their heads would see unstandardised features).
+
 The fusion rule sees the raw head posteriors (what it was fitted on, from ``predictions.csv``);
 ``temperature`` only rescales the per-modality posteriors a prediction reports.
 """
@@ -65,7 +75,7 @@ from typing import Any, Mapping
 from lightning_emo.errors import UserError
 
 FORMAT = "lightning_emo.recognizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
@@ -158,6 +168,9 @@ FIELDS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "modalities.*.selector": ((_DICT, _NONE), None),
     "modalities.*.selector.k": ((_INT,), "[1, 1_048_576]"),
     "modalities.*.selector.dim": ((_INT,), "[1, 1_048_576]"),
+    "modalities.*.standardize": ((_DICT, _NONE), None),
+    "modalities.*.standardize.frames": ((_INT,), "[1, 1e15]"),
+    "modalities.*.standardize.dim": ((_INT,), "[1, 1_048_576]"),
     "modalities.*.temperature": ((_NUM, _NONE), "(0, 1000]"),
     "modalities.*.embedded": ((_DICT, _NONE), None),
     "modalities.*.metrics": ((_DICT,), None),
@@ -354,6 +367,13 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("format") != FORMAT:
         raise RecognizerError(f"config.json: format is {cfg.get('format')!r}, expected {FORMAT!r} (not a "
                               "lightning_emo recognizer)")
+    if cfg.get("format_version") == 1:
+        raise RecognizerError(
+            "config.json: format_version 1: exported before recognizers carried their heads' input "
+            "standardisation (the training set's feature mean and standard deviation, kept in each checkpoint); "
+            "its heads would see unstandardised features and give wrong posteriors. Re-export it from its "
+            "checkpoints with this version: `lightning-emo export --run RUN --audio SET --video SET --rule RULE "
+            "--out DIR` (or --ckpt audio=CKPT --ckpt video=CKPT --fusion RULE_JSON --features video=STORE)")
     if cfg.get("format_version") != FORMAT_VERSION:
         raise RecognizerError(f"config.json: format_version {cfg.get('format_version')!r} is not supported "
                               f"(expected {FORMAT_VERSION}); upgrade lightning-emo")
@@ -411,6 +431,16 @@ def _validate_modality(m: str, mc: Any, n_classes: int) -> dict[str, Any]:
         feature_dim = int(sel["k"])
     else:
         feature_dim = int(spec["dim"])
+    if "standardize" not in mc:
+        raise RecognizerError(f"config.json: {where} lacks 'standardize' (null when the head standardised "
+                              "nothing): without it the head's input pipeline is unknown; re-export the recognizer "
+                              "from its checkpoints with `lightning-emo export`")
+    norm = mc["standardize"]
+    if norm is not None:
+        _need(norm, "frames", f"{where}.standardize", int)
+        if _need(norm, "dim", f"{where}.standardize", int) != int(head["input_dim"]):
+            raise RecognizerError(f"config.json: {where}.standardize has {norm['dim']} features, the head takes "
+                                  f"{head['input_dim']}")
     layers = (head.get("options") or {}).get("layers")
     if int(head["input_dim"]) != feature_dim:
         raise RecognizerError(f"config.json: {where}.head takes {head['input_dim']}-d input but the extractor"

@@ -31,7 +31,7 @@ from lightning_emo.hub.config import (
     modality_name,
 )
 from lightning_emo.models.heads import reorder_output_rows
-from lightning_emo.utils import log
+from lightning_emo.utils import log, not_a_file
 
 __all__ = ["build_from_checkpoints", "protocol_parts", "read_checkpoint", "read_fusion_file",
            "split_protocol_from_manifest"]
@@ -56,7 +56,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise RecognizerError(f"checkpoint {path} not found")
+        raise RecognizerError(f"{path}: {not_a_file(path, 'checkpoint file', 'last.ckpt')}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -230,6 +230,7 @@ def build_from_checkpoints(
         RecognizerError: inconsistent parts (class lists, extractors, dimensions), with what differs.
     """
     from lightning_emo.extractors.base import ExtractorSpec
+    from lightning_emo.models.module import stacked_layers
 
     paths = _normalise_checkpoints(checkpoints)
     features = {modality_name(k): Path(v) for k, v in (features or {}).items()}
@@ -260,11 +261,17 @@ def build_from_checkpoints(
             raise RecognizerError(f"{path}: no head.* weights in the state dict")
         tensors.update({f"heads.{m}.{k}": v.detach().cpu().float().contiguous() if v.is_floating_point()
                         else v.detach().cpu().contiguous() for k, v in head_state.items()})
+        options = dict(hp.get("head_options") or {})
+        layers = stacked_layers(hp["extractor_spec"], int(hp["input_dim"]))
+        if layers and "layers" not in options:  # EmotionModule adds it to the head, not to its hyper-parameters
+            options["layers"] = layers
         head = {"name": hp["head"], "input_dim": int(hp["input_dim"]), "num_classes": len(ck_classes),
                 "hidden_dim": int(hp.get("hidden_dim", 128)), "dropout": float(hp.get("dropout", 0.5)),
-                "options": dict(hp.get("head_options") or {})}
+                "options": options}
         end_to_end = bool(hp.get("extractor"))
-        mc: dict[str, Any] = {"extractor": spec, "embedded": None, "head": head, "selector": None, "temperature": None,
+        standardize = _standardization(m, hp, state, head["input_dim"], tensors, path)
+        mc: dict[str, Any] = {"extractor": spec, "embedded": None, "head": head, "selector": None,
+                              "standardize": standardize, "temperature": None,
                               "checkpoint": {"file": Path(path).name, "sha256": _sha256(Path(path)),
                                              "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
                               "metrics": {}}
@@ -341,6 +348,28 @@ def _normalise_checkpoints(checkpoints) -> dict[str, Path]:
     if not out:
         raise RecognizerError("no checkpoint given")
     return out
+
+
+def _standardization(m: str, hp: Mapping[str, Any], state: Mapping[str, torch.Tensor], dim: int,
+                     tensors: dict[str, torch.Tensor], path: Path) -> dict[str, int] | None:
+    """The head's input standardisation as ``EmotionModule.normalize`` applies it, or ``None`` when it applies none.
+
+    The statistics (``input_mean``/``input_std`` buffers, measured on the training set when
+    ``fit`` starts) go into ``tensors`` as ``standardize.<m>.mean``/``.std``.
+    """
+    frames = state.get("input_norm_frames")
+    if not hp.get("input_norm", True) or frames is None or int(frames) == 0:
+        return None  # normalize() is the identity: switched off, end to end, or never measured
+    mean, std = state.get("input_mean"), state.get("input_std")
+    if mean is None or std is None or tuple(mean.shape) != (dim,) or tuple(std.shape) != (dim,):
+        raise RecognizerError(f"{path}: the checkpoint measured its input standardisation on {int(frames)} frames "
+                              f"but holds no input_mean/input_std of {dim} values")
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise RecognizerError(f"{path}: input_mean/input_std hold non-finite values or a standard deviation <= 0: "
+                              "the checkpoint is damaged")
+    tensors[f"standardize.{m}.mean"] = mean.detach().cpu().float().contiguous()
+    tensors[f"standardize.{m}.std"] = std.detach().cpu().float().contiguous()
+    return {"frames": int(frames), "dim": int(dim)}
 
 
 def _inputs_from_store(m, mc, store_path, spec, head, tensors, detector, detector_options, fps, feature_dtype,
@@ -528,6 +557,10 @@ def protocol_parts(run_dir: str | os.PathLike, audio: str | None, video: str | N
     if not audio and not video:
         raise RecognizerError("name the audio and/or video feature set to export (--audio NAME --video NAME)")
     stores = meta.get("stores") or {}
+    folds = [run / "folds" / Path(d).name for d in meta.get("runs") or [] if Path(d).name != run.name]
+    if folds and not (run / "runs").is_dir():
+        raise RecognizerError(f"{run} holds {len(folds)} runs (folds x seeds), each with its own heads: export one of "
+                              f"them, e.g. --run {folds[0]}")
     out: dict[str, Any] = {"checkpoints": {}, "features": {}, "fusion": None, "manifest": meta.get("manifest")}
     for modality, name in (("audio", audio), ("video", video)):
         if not name:

@@ -80,7 +80,8 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
-    from lightning_emo.hub.recognizer import Recognizer, parse_hub_reference
+    from lightning_emo.hub.recognizer import Recognizer
+    from lightning_emo.hub.resolve import parse_hub_reference
 
     folder = Path(folder)
     missing = [f for f in HUB_FILES if not (folder / f).is_file()]
@@ -118,6 +119,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     except httpx2.HTTPError as e:
         raise PushError(_scrub(f"push to {repo_id} failed: {_network_failure(e, api.endpoint, timeout)}",
                                token)) from None
+    except (ValueError, KeyError, TypeError) as e:  # an answer that does not parse as the Hub API's JSON
+        raise PushError(_scrub(f"push to {repo_id} failed: {api.endpoint} answered something that is not the Hugging "
+                               f"Face Hub API ({type(e).__name__}); check HF_ENDPOINT", token)) from None
     commit = getattr(info, "oid", None)
     return PushResult(repo_id=repo_id, url=str(getattr(url, "url", url)), commit=commit, revision=branch or "main",
                       private=private, files=list(HUB_FILES))

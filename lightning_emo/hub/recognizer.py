@@ -8,10 +8,11 @@ fusion rule over the modalities, with the class names. The layout (``config.json
 
 Inference runs the same code as ``lightning-emo extract`` (decoding with
 :mod:`lightning_emo.data.media`, the face pipeline and the extractor through
-:class:`~lightning_emo.extractors.runner.FeatureRunner`, without Lightning), rounds the features to the
-feature store's dtype, applies the selector and the head, then the fusion rule. A clip without
-an audio track, without a video track or without any face is predicted from what it has; the
-prediction says which modality was missing and why.
+:class:`~lightning_emo.extractors.runner.FeatureRunner`, without Lightning), then repeats the
+trained head's input pipeline in its order: rounding to the feature store's dtype (as its writer
+does), the selector's columns, the training set's standardisation (``EmotionModule.normalize``),
+the head, then the fusion rule. A clip without an audio track, without a video track or without
+any face is predicted from what it has; the prediction says which modality was missing and why.
 
 Loading never unpickles anything: weights are read with safetensors only, every key is checked
 (missing and unexpected keys are listed), and a class list that does not fit a head is refused.
@@ -40,7 +41,6 @@ import torch
 from huggingface_hub import ModelCard, ModelHubMixin
 from torch import nn
 
-from lightning_emo.hub import zoo as zoo_mod
 from lightning_emo.hub.config import (
     CARD_NAME,
     CONFIG_NAME,
@@ -51,6 +51,8 @@ from lightning_emo.hub.config import (
     parse_config,
     validate_config,
 )
+from lightning_emo.hub import zoo as zoo_mod
+from lightning_emo.hub.resolve import download, parse_hub_reference, resolve_reference  # noqa: F401
 from lightning_emo.utils import atomic_path, atomic_write_text, log
 
 __all__ = ["Prediction", "Recognizer", "RecognizerError", "StrictLoadError"]
@@ -139,6 +141,23 @@ class _Selection(nn.Module):
         self.register_buffer("indices", torch.zeros(k, dtype=torch.int64))
 
 
+class _Standardize(nn.Module):
+    """The head's input standardisation: buffers ``mean``/``std`` ``(D,)`` float32, ``x -> (x - mean) / std``.
+
+    The same float32 operations as :meth:`lightning_emo.models.module.EmotionModule.normalize`,
+    so a head sees exactly the values it saw in training.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return ((x.reshape(*shape[:2], -1) - self.mean) / self.std).reshape(shape)
+
+
 class _Runtime:
     """What a modality needs at inference, built on first use: the feature runner, selector, fps/rate."""
 
@@ -167,12 +186,15 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         self.classes: list[str] = list(self.config["classes"])
         self.heads = nn.ModuleDict()
         self.selectors = nn.ModuleDict()
+        self.standardize = nn.ModuleDict()
         for m, mc in self.config["modalities"].items():
             h = mc["head"]
             self.heads[m] = build_head(h["name"], int(h["input_dim"]), int(h["num_classes"]), int(h["hidden_dim"]),
                                        float(h["dropout"]), **dict(h.get("options") or {}))
             if mc.get("selector"):
                 self.selectors[m] = _Selection(int(mc["selector"]["k"]))
+            if mc.get("standardize"):
+                self.standardize[m] = _Standardize(int(h["input_dim"]))
         self.eval()
         self.fusion_rule = None
         fusion = self.config.get("fusion")
@@ -370,7 +392,7 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
                                           f"{WEIGHTS_NAME}; write one with `lightning-emo export`)")
             source: dict[str, Any] = {"path": str(folder)}
         else:
-            config_file, weights_file, commit = _download(model_id, revision, cache_dir, force_download,
+            config_file, weights_file, commit = download(model_id, revision, cache_dir, force_download,
                                                           local_files_only, token)
             source = {"repo_id": model_id, "revision": commit or revision}
         config = parse_config(Path(config_file).read_bytes(), config_file)
@@ -507,10 +529,11 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
         if result.missing is not None:
             return {MISSING_NO_AUDIO: "no_audio", MISSING_NO_FRAMES: "no_frames"}.get(result.missing, result.missing)
         feats, mask = np.asarray(result.features, dtype=np.float32), np.asarray(result.mask, dtype=bool)
+        # what training read back from the store: every column rounded (and range-checked) as the parent
+        # store's writer did, then a selected store's columns
+        feats = _as_stored(feats, mc["feature_dtype"], m)
         if rt.selector is not None:
             feats = rt.selector.transform(feats)
-        if mc["feature_dtype"] == "float16":  # what training read back from the store
-            feats = feats.astype(np.float16).astype(np.float32)
         if len(feats) == 0:
             return "no_frames"
         if not mask.any():
@@ -520,12 +543,19 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
     @torch.no_grad()
     def head_posteriors(self, m: str, features: np.ndarray | torch.Tensor,
                         mask: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-        """Modality ``m``'s raw head posterior ``(C,)`` float64 for features ``(T, D)`` and mask ``(T,)``."""
+        """Modality ``m``'s raw head posterior ``(C,)`` float64 for features ``(T, D)`` and mask ``(T,)``.
+
+        ``features`` are what the feature store holds (what :meth:`extract` returns): they are
+        standardised here with the training-set statistics, as ``EmotionModule.forward`` does.
+        """
         x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
         if x.dim() != 2:
             raise ValueError(f"features must be (T, D), got shape {tuple(x.shape)}")
         mk = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=bool)).to(self.device)[None]
-        logits = self.heads[m](x[None], torch.tensor([x.shape[0]], device=self.device), mk)
+        x = x[None]
+        if m in self.standardize:
+            x = self.standardize[m](x)
+        logits = self.heads[m](x, torch.tensor([x.shape[1]], device=self.device), mk)
         return logits.float().softmax(-1)[0].cpu().double().numpy()
 
     def predict_features(self, features: Mapping[str, tuple[np.ndarray, np.ndarray] | str | None],
@@ -647,6 +677,27 @@ class Recognizer(nn.Module, ModelHubMixin, library_name="lightning-emo",
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _as_stored(feats: np.ndarray, dtype: str, m: str) -> np.ndarray:
+    """``feats`` rounded to the feature store's dtype as its writer does (float32 out); refused where it refuses.
+
+    The store's writer (``StoreWriter.add``) casts float32 to the store dtype with
+    round-to-nearest (``astype``) and refuses non-finite values and values beyond the dtype's
+    range: a head never saw such features, so no posterior is made from them.
+    """
+    if not np.isfinite(feats).all():
+        raise RecognizerError(f"modality {m!r}: the extractor produced {int((~np.isfinite(feats)).sum())} NaN/infinite "
+                              "feature value(s) from this input (the feature store refuses such clips); check the file")
+    if dtype == "float32":
+        return feats
+    with np.errstate(over="raise"):
+        try:
+            return feats.astype(np.dtype(dtype)).astype(np.float32)
+        except FloatingPointError:
+            raise RecognizerError(f"modality {m!r}: feature values beyond the {dtype} range (max |x| = "
+                                  f"{np.abs(feats).max():.3g}) of the store the head was trained on: the store "
+                                  "would have refused this clip") from None
+
+
 def _takes(builder, name: str) -> bool:
     """Whether a registry builder accepts keyword ``name``."""
     import inspect
@@ -717,102 +768,3 @@ def _read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise RecognizerError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-
-
-def parse_hub_reference(ref: str) -> tuple[str, str | None]:
-    """``hf-hub:org/name[@revision]`` (or ``org/name[@revision]``) -> ``(repo_id, revision or None)``."""
-    body = ref[len("hf-hub:"):] if ref.startswith("hf-hub:") else ref
-    repo_id, _, rev = body.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise RecognizerError(f"expected 'hf-hub:org/name[@revision]', got {ref!r}")
-    return repo_id, rev or None
-
-
-def resolve_reference(name: str | os.PathLike, revision: str | None = None,
-                      zoo: str | os.PathLike | None = None) -> tuple[str, str | Path, str | None]:
-    """What ``from_pretrained`` loads: ``("dir", path, None)`` or ``("hub", repo_id, revision)``.
-
-    Order: an existing directory; ``hf-hub:org/name[@rev]``; a zoo entry name; ``org/name[@rev]``.
-    """
-    text = str(name)
-    if os.path.isdir(text):
-        return "dir", Path(text), None
-    if os.path.exists(text):
-        raise RecognizerError(f"{text} is a file; give the exported folder that holds it (config.json, "
-                              "model.safetensors)")
-    head = Path(text.split("@", 1)[0]).parts
-    if not text.startswith("hf-hub:") and len(head) > 1 and os.path.isdir(head[0]):
-        raise RecognizerError(f"{text}: no such directory (and {head[0]}/ is a local folder, so this is no Hub "
-                              "repo id; write hf-hub:org/name to mean the Hub)")
-    if text.startswith("hf-hub:") or ("/" in text and not text.startswith((".", "/", "~"))
-                                      and not os.path.exists(text)):
-        if not text.startswith("hf-hub:"):
-            if text in zoo_mod.entry_names(zoo):
-                return _from_zoo(text, revision, zoo)
-        repo_id, rev = parse_hub_reference(text)
-        if rev and revision and rev != revision:
-            raise RecognizerError(f"{text!r} pins revision {rev!r} but revision={revision!r} was also given")
-        return "hub", repo_id, rev or revision
-    if text in zoo_mod.entry_names(zoo):
-        return _from_zoo(text, revision, zoo)
-    known = ", ".join(zoo_mod.entry_names(zoo)) or "none"
-    raise RecognizerError(f"{text!r} is not a directory, a 'hf-hub:org/name[@revision]' reference or a zoo model "
-                          f"(zoo: {known})")
-
-
-def _from_zoo(name: str, revision: str | None, zoo: str | os.PathLike | None) -> tuple[str, str | Path, str | None]:
-    entry = zoo_mod.get_entry(name, zoo)
-    if revision is not None:
-        raise RecognizerError(f"zoo model {name!r} pins its own revision; load 'hf-hub:...@{revision}' instead")
-    if entry.path is not None:
-        return "dir", entry.local_path(), None
-    return "hub", entry.repo_id, entry.revision
-
-
-def _download(repo_id: str, revision: str | None, cache_dir, force_download: bool, local_files_only: bool,
-              token) -> tuple[Path, Path, str | None]:
-    """``config.json`` and ``model.safetensors`` of one commit: the weights are fetched at the config's commit."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    import httpx2
-
-    from lightning_emo.extractors.face import snapshot_revision
-    from lightning_emo.extractors.weights import hub_failure, hub_timeout
-
-    where = f"{repo_id}@{revision or 'main'}"
-    kwargs = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only, token=token)
-    try:
-        with hub_timeout():  # a silent Hub ends in an error, not a wait of minutes
-            config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kwargs))
-            commit = snapshot_revision(config_file)
-            weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, **kwargs))
-    except LocalEntryNotFoundError as e:
-        failure = None if local_files_only else hub_failure(e)
-        if failure is not None:  # the Hub could not be reached: say so, not "offline"
-            raise RecognizerError(f"{where}: cannot download {CONFIG_NAME}/{WEIGHTS_NAME}: {failure}; they are not in "
-                                  f"the Hugging Face cache either. Run again when the Hub answers.") from None
-        raise RecognizerError(
-            f"{where}: {CONFIG_NAME}/{WEIGHTS_NAME} are not in the Hugging Face cache"
-            f"{' (' + str(cache_dir) + ')' if cache_dir else ''} and cannot be downloaded (offline, or "
-            f"local_files_only). Download them where there is a network (hf download {repo_id} "
-            f"{'--revision ' + revision if revision else ''}) and copy the cache.") from None
-    except RepositoryNotFoundError:
-        raise RecognizerError(f"{repo_id}: no such model repository on the Hub (or it is private: log in with "
-                              "`hf auth login`)") from None
-    except RevisionNotFoundError:
-        raise RecognizerError(f"{where}: no such revision in {repo_id}") from None
-    except EntryNotFoundError as e:
-        raise RecognizerError(f"{where}: not an exported lightning-emo recognizer ({e.__class__.__name__}: a file "
-                              f"of {CONFIG_NAME}, {WEIGHTS_NAME} is missing)") from None
-    except (HfHubHTTPError, OSError, httpx2.HTTPError) as e:
-        raise RecognizerError(f"{where}: download failed ({hub_failure(e) or type(e).__name__})") from None
-    log.debug("loaded %s from %s", repo_id, config_file.parent)
-    return config_file, weights_file, commit
-

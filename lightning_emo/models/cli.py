@@ -126,6 +126,11 @@ class EmotionCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
             return super()._parse_ckpt_path()
+        if Path(ckpt_path).is_dir():
+            found = sorted(str(p) for p in Path(ckpt_path).rglob("*.ckpt"))[:4]
+            raise ConfigError(f"--ckpt_path {ckpt_path}: is a folder, not a checkpoint file. Give one .ckpt"
+                              + (f" (here: {', '.join(found)})" if found else " a `fit` run saved (<run>/checkpoints/)")
+                              + ", or `last` to resume from the run's last.ckpt.")
         if not Path(ckpt_path).is_file():
             raise ConfigError(f"--ckpt_path {ckpt_path}: no such checkpoint file. Give the path of a .ckpt a `fit` "
                               "run saved (<run>/checkpoints/), or `last` to resume from the run's last.ckpt.")
@@ -170,6 +175,11 @@ class EmotionCLI(LightningCLI):
             ckpt = resume_in_run_dir(self.config["fit"])
             if ckpt is not None:
                 self._resumed_run = ckpt.parent.parent
+                # resuming in its own folder: its checkpoints are meant to be there, KeepMetrics keeps its rows
+                import warnings
+
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             elif not self.config["fit"].get("ckpt_path"):
                 refuse_finished_run_dir(self.config["fit"])
 

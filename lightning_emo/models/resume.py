@@ -256,10 +256,19 @@ class KeepMetrics(Callback):
 
 
 class Preemption(Callback):
-    """On SIGTERM (stopped by Lightning after the current batch): log what was kept and how to resume."""
+    """On SIGTERM (stopped by Lightning after the current batch): log what was kept and how to resume.
+
+    Lightning's training and evaluation loops stop on SIGTERM; its predict loop only records it,
+    so this callback stops ``predict`` after the current batch too (nothing is written then).
+    """
 
     def __init__(self) -> None:
         self.message: str | None = None
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any,
+                             **kwargs: Any) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

@@ -22,7 +22,6 @@ faces; ``--select K`` adds the random-forest selection of the paper's v1024/v204
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from lightning_emo import errors
 from lightning_emo.errors import debug_enabled, present
 from lightning_emo.utils import atomic_write_text, check_outputs
 
@@ -154,7 +154,7 @@ def _verify(path: Path, extractor: str, dim: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lightning_emo.pretrain.export --ckpt CKPT --out FILE``."""
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m lightning_emo.pretrain.export",
         description="Export a SpeechDNNPretraining or FaceCNNPretraining checkpoint as the weights file of the "
         "speech_dnn / speech_bottleneck / face_cnn extractor (safetensors + a JSON of output labels).")
