@@ -363,3 +363,22 @@ def test_reproduce_resumes_an_interrupted_training_to_the_same_predictions(toy, 
     resumed = train_and_predict("toy", manifest, store, tmp_path / "cut", str(config), [])
     assert resumed.read_text() == whole.read_text()
     assert _rows(tmp_path / "cut" / "toy" / "fit") == _rows(tmp_path / "whole" / "toy" / "fit")
+
+
+def test_ctrl_c_during_fit_exits_130_saying_what_was_kept(toy, tmp_path, monkeypatch, caplog):
+    """Ctrl-C: Lightning stops at once (its exit(1)); the command says what was kept and exits 130."""
+    from lightning_emo.models.resume import SIGINT_EXIT
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))  # helpers.KillAt, named in the config
+    config = _config(toy, tmp_path, max_epochs=4)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert main(["fit", "--config", str(config), "--config", str(_kill_config(tmp_path, 2, "SIGINT"))]) \
+            == SIGINT_EXIT
+    finally:
+        signal.signal(signal.SIGINT, before)  # Lightning leaves Ctrl-C ignored after handling one
+    last = Path("runs/toy/version_0/checkpoints/last.ckpt")
+    assert _epoch_of(last) == 1
+    assert f"fit stopped by Ctrl-C during epoch 2; the partial epoch is dropped. {last} holds the last " \
+           "completed epoch (1). Resume with: lightning-emo fit" in caplog.text

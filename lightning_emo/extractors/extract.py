@@ -53,6 +53,7 @@ DEFAULT_FPS = 5.0
 MAX_FPS = 240.0  # --fps above any camera's rate only repeats frames
 DELAY_ENV = "LIGHTNING_EMO_EXTRACT_DELAY"
 SIGTERM_EXIT = 143  # 128 + SIGTERM
+SIGINT_EXIT = 130  # 128 + SIGINT (Ctrl-C)
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
@@ -702,12 +703,18 @@ def _run(cfg, trainer_args: dict[str, Any]) -> int:
                                     dtype=cfg.dtype, name=cfg.name, overwrite=cfg.overwrite,
                                     commit_every=cfg.commit_every, on_error=cfg.on_error, trainer=trainer_args,
                                     wait=cfg.wait)
-        except SIGTERMException:
+        except (SIGTERMException, SystemExit) as e:
+            # SIGTERM: stopped after the current batch; Ctrl-C: Lightning's exit(1) while handling the
+            # KeyboardInterrupt, after the writer committed what it had
+            ctrl_c = not isinstance(e, SIGTERMException)  # (a SystemExit too)
+            if ctrl_c and not isinstance(e.__context__, KeyboardInterrupt):
+                raise
             store = FeatureStore.open(Path(cfg.out) / (cfg.name or name))
             done = sum(1 for c in manifest.clips if c.clip_id in store)
-            print(f"extract {name}: stopped by SIGTERM; {done} of {len(manifest.clips)} clips are committed to "
-                  f"{store.path}. Run the same command again to extract the rest.", file=sys.stderr)
-            return SIGTERM_EXIT
+            print(f"extract {name}: stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'}; {done} of {len(manifest.clips)} "
+                  f"clips are committed to {store.path}. Run the same command again to extract the rest.",
+                  file=sys.stderr)
+            return SIGINT_EXIT if ctrl_c else SIGTERM_EXIT
         if not result.is_global_zero:
             continue
         print(result.summary(), flush=True)

@@ -58,11 +58,13 @@ from lightning_emo.console import is_interactive, quiet_upstream
 from lightning_emo.errors import ConfigError, UserError, command, describe_parse_error, find_user_error
 from lightning_emo.models.module import EmotionModule
 from lightning_emo.models.resume import (
+    SIGINT_EXIT,
     SIGTERM_EXIT,
     EpochCheckpoint,
     KeepMetrics,
     Preemption,
     RngState,
+    interrupted,
     refuse_finished_run_dir,
     resume_in_run_dir,
 )
@@ -282,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         cli(None if argv == sys.argv[1:] else argv)
     except SIGTERMException:  # Lightning stopped after the current batch; Preemption said how to resume
         return SIGTERM_EXIT
+    except SystemExit as e:  # Lightning's exit(1) after Ctrl-C; Preemption said what was kept
+        if interrupted(e):
+            return SIGINT_EXIT
+        raise
     except DiskFullError:  # already says which file and what was kept
         raise
     except OSError as e:  # a checkpoint write is atomic: the one it would have replaced is still there

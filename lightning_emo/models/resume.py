@@ -255,6 +255,14 @@ class KeepMetrics(Callback):
                     lg.save()
 
 
+SIGINT_EXIT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+def interrupted(exc: SystemExit) -> bool:
+    """Whether ``exc`` is Lightning's ``exit(1)`` after a Ctrl-C (raised while handling the KeyboardInterrupt)."""
+    return isinstance(exc.__context__, KeyboardInterrupt)
+
+
 class Preemption(Callback):
     """On SIGTERM (stopped by Lightning after the current batch): log what was kept and how to resume.
 
@@ -271,12 +279,17 @@ class Preemption(Callback):
             raise SIGTERMException()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
+        # Ctrl-C: Lightning stops at once and exits with status 1 (the command turns that into 130)
+        if isinstance(exception, KeyboardInterrupt):
+            how = "Ctrl-C"
+        elif isinstance(exception, SIGTERMException):
+            how = "SIGTERM"
+            exception.code = SIGTERM_EXIT
+        else:
             return
-        exception.code = SIGTERM_EXIT
         fn = trainer.state.fn.value if trainer.state.fn is not None else "run"
         if trainer.state.fn != TrainerFn.FITTING:
-            self.message = f"{fn} stopped by SIGTERM; nothing was written. Run the same command again."
+            self.message = f"{fn} stopped by {how}; nothing was written. Run the same command again."
         else:
             last = next((cb.last_model_path for cb in trainer.checkpoint_callbacks
                          if isinstance(cb, ModelCheckpoint) and cb.last_model_path
@@ -289,10 +302,11 @@ class Preemption(Callback):
                 config = Path(trainer.log_dir or ".") / "config.yaml"
                 kept = (f"{last} holds the last completed epoch ({done}). Resume with: lightning-emo fit "
                         f"--config {config} --ckpt_path {last}  (or --ckpt_path last)")
-            self.message = f"fit stopped by SIGTERM during epoch {epoch}; the partial epoch is dropped. {kept}"
+            self.message = f"fit stopped by {how} during epoch {epoch}; the partial epoch is dropped. {kept}"
         log.error(self.message)
-        exception.resume_hint = self.message
+        if how == "SIGTERM":
+            exception.resume_hint = self.message
 
 
 __all__ = ["EpochCheckpoint", "RngState", "KeepMetrics", "Preemption", "resume_in_run_dir", "refuse_finished_run_dir",
-           "SIGTERM_EXIT"]
+           "SIGTERM_EXIT", "SIGINT_EXIT", "interrupted"]
