@@ -128,3 +128,13 @@ def test_the_demo_runs_from_an_installed_wheel_in_an_empty_folder(venv, tmp_path
     again = _run(venv, [script, "reproduce", "--config", "reproduce/synthetic.yaml", "--out", "demo", *TINY_DEMO],
                  tmp_path, timeout=600)
     assert "reusing" in again.stdout + again.stderr and "Best:" in again.stdout
+    # the README's zoo commands on the demo's output, from the installed package: export the selected
+    # set (its selector ships; a 1764-d store against a 256-d head failed here once), infer with it
+    # and with the shipped zoo entry, over time too
+    _run(venv, [script, "export", "--run", "demo", "--audio", "mfcc", "--video", "hog_sel256", "--rule", "prior",
+                "--out", "my-model"], tmp_path)
+    clip = str(sorted((tmp_path / "demo" / "corpus" / "clips").glob("*.mp4"))[0])
+    mine = _run(venv, [script, "infer", clip, "--model", "my-model", "--json", "mine.json"], tmp_path)
+    assert Path(clip).name in mine.stdout and json.loads((tmp_path / "mine.json").read_text())
+    _run(venv, [script, "infer", clip, "--model", "synthetic-demo", "--timeline"], tmp_path)
+    assert (tmp_path / "timeline" / f"{Path(clip).stem}.timeline.csv").is_file()
