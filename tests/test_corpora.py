@@ -68,6 +68,14 @@ def test_folder_per_label(tmp_path):
             _touch(root / label / f"{spk}_1.wav")
     m = CORPORA.build("folder", root=root, speaker_pattern=r"^(\w)_")
     assert m.classes == ["happy", "sad"] and len(m) == 4 and {c.speaker for c in m} == {"a", "b"}
+    assert m.notes == []
+    # files that are not media are counted and named in the summary, not dropped silently
+    _touch(root / "happy" / "notes.txt")
+    _touch(root / "sad" / "take2" / "a_2.flac.part")
+    m = CORPORA.build("folder", root=root, speaker_pattern=r"^(\w)_")
+    assert len(m) == 4 and m.notes == ["skipped 2 file(s) that are not media by their extension: happy/notes.txt, "
+                                       "sad/take2/a_2.flac.part"]
+    assert "note: skipped 2 file(s)" in m.summary()
     with pytest.raises(ManifestError, match="folder is not one of the classes"):
         CORPORA.build("folder", root=root, classes=["happy"])
 

@@ -41,10 +41,12 @@ def prepare(root: str | Path, classes: Sequence[str] | None = None, speaker_patt
         if name not in classes:
             raise ManifestError(root / name, f"folder is not one of the classes ({', '.join(classes)})")
     regex = re.compile(speaker_pattern) if speaker_pattern else None
-    clips, ids = [], set()
+    clips, ids, skipped = [], set(), []
     for folder in folders:
         for p in sorted(folder.rglob("*")):
             if not (p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS):
+                if p.is_file():
+                    skipped.append(p.relative_to(root).as_posix())
                 continue
             speaker = ""
             if regex is not None:
@@ -59,4 +61,6 @@ def prepare(root: str | Path, classes: Sequence[str] | None = None, speaker_patt
             clips.append(Clip(clip_id, p.relative_to(root).as_posix(), folder.name, "", speaker))
     if not clips:
         raise ManifestError(root, f"no media files ({', '.join(MEDIA_EXTENSIONS)}) under the label folders")
-    return Manifest(clips, classes, root, corpus="folder", source=str(root))
+    notes = [f"skipped {len(skipped)} file(s) that are not media by their extension: "
+             f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}"] if skipped else []
+    return Manifest(clips, classes, root, corpus="folder", source=str(root), notes=notes)
