@@ -69,6 +69,17 @@ def test_validation_errors_name_file_line_field(tmp_path, rows, header, line, fi
     assert text in str(e.value) and str(csv) in str(e.value)
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_manifest_separated_by_something_else_says_so(tmp_path, sep):
+    csv = tmp_path / "m.csv"
+    csv.write_text(sep.join(["clip_id", "path", "label", "split", "speaker"]) + "\n"
+                   + sep.join(["a", "a.wav", "angry", "train", "s1"]) + "\n")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(csv)
+    assert (e.value.line, e.value.field) == (1, "clip_id")
+    assert "missing column" in str(e.value) and f"separated by {sep!r}: a manifest is comma-separated" in str(e.value)
+
+
 def test_missing_media_file(tmp_path):
     csv = _corpus(tmp_path, ["a,a.wav,angry,train,s1"])
     (tmp_path / "a.wav").unlink()

@@ -273,8 +273,11 @@ def read_manifest(
         _check_header(path, header)
         for col in REQUIRED_COLUMNS:
             if col not in header:
+                # a whole header in one column: the file is separated by something else than commas
+                sep = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
+                hint = f"; the columns are separated by {sep!r}: a manifest is comma-separated" if sep else ""
                 raise ManifestError(path, f"missing column (header is {','.join(header)}; expected "
-                                    f"{','.join(REQUIRED_COLUMNS)}[,group][,start,end])", 1, col)
+                                    f"{','.join(REQUIRED_COLUMNS)}[,group][,start,end]){hint}", 1, col)
         group_columns = [h for h in header if h in GROUP_ALIASES]
         if len(group_columns) > 1:
             raise ManifestError(path, f"both {' and '.join(group_columns)} columns: they name the same thing "
