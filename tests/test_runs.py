@@ -64,6 +64,8 @@ def test_fit_log_to_a_file_is_short_lines_without_banners(synthetic, tmp_path):
     epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
     assert [line.split(" (")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"], text
     assert "val/acc" in epochs[-1] and "ETA" in epochs[-1]
+    done = [line for line in text.splitlines() if line.startswith("fit done after 2 epoch(s): run folder ")]
+    assert len(done) == 1 and "best checkpoint " in done[0] and "(val/acc " in done[0] and "last.ckpt " in done[0]
 
 
 def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(caplog, tmp_path):

@@ -69,7 +69,6 @@ import json
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 from lightning_emo.errors import UserError

@@ -68,7 +68,7 @@ from lightning_emo.models.resume import (
     refuse_finished_run_dir,
     resume_in_run_dir,
 )
-from lightning_emo.models.runs import LogProgressBar, place_loggers
+from lightning_emo.models.runs import LogProgressBar, RunSummary, place_loggers
 from lightning_emo.models.writer import PredictionsWriter
 from lightning_emo.registry import UnknownNameError
 from lightning_emo.utils import DiskFullError, disk_full, setup_logging
@@ -189,7 +189,7 @@ class EmotionCLI(LightningCLI):
         if not isinstance(self.model, EmotionModule):
             emotion_only = tuple(c for c in (PredictionsWriter, _fusion_callback()) if c is not None)
             callbacks = [c for c in callbacks if not isinstance(c, emotion_only)]
-        callbacks = [*callbacks, RngState(), Preemption()]
+        callbacks = [*callbacks, RngState(), Preemption(), RunSummary()]
         if getattr(self, "_resumed_run", None) is not None:
             callbacks.append(KeepMetrics(self._resumed_run))
         quiet_upstream()

@@ -47,7 +47,7 @@ from torchmetrics.classification import (
 )
 
 from lightning_emo.models.heads import Head, build_head, reorder_output_rows, valid_frames
-from lightning_emo.models.guards import NonFiniteError, non_finite_error
+from lightning_emo.models.guards import NonFiniteError, non_finite_error  # noqa: F401 (NonFiniteError: re-exported)
 from lightning_emo.utils import log
 
 SPLITS = ("train", "val", "test")

@@ -7,6 +7,8 @@
   inside that run, in ``RUN/<stage>/`` (``RUN/<stage>-1/``, ... when it exists: nothing is
   overwritten), instead of leaving a new ``version_N`` beside it; ``predictions.csv`` goes to
   ``RUN/`` as before (:mod:`lightning_emo.models.writer`).
+* **Where it ended.** :class:`RunSummary` says, when ``fit`` ends, where the run folder, the best
+  checkpoint and ``last.ckpt`` are.
 * **Progress in logs.** On a terminal Lightning's live bar stays. When stderr is a file or a
   pipe, :class:`LogProgressBar` replaces it: an epoch line (metrics, time, ETA) every ``interval``
   seconds, the first and the last always, instead of thousands of carriage-return redraws.
@@ -27,7 +29,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from lightning_emo.console import format_seconds
 from lightning_emo.utils import log
 
-__all__ = ["LogProgressBar", "place_loggers", "run_dir_of_checkpoint"]
+__all__ = ["LogProgressBar", "RunSummary", "place_loggers", "run_dir_of_checkpoint"]
 
 
 def run_dir_of_checkpoint(ckpt_path: str | None) -> Path | None:
@@ -156,6 +158,24 @@ class LogProgressBar(ProgressBar):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._say(trainer, f"predict: done in {format_seconds(time.monotonic() - self._start)}")
+
+
+class RunSummary(pl.Callback):
+    """After ``fit``, one line saying where the run is: its folder, the best checkpoint (and score), ``last.ckpt``."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        parts = [f"run folder {trainer.log_dir}"] if trainer.log_dir else []
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            score = ckpt.best_model_score
+            parts.append(f"best checkpoint {ckpt.best_model_path}"
+                         + (f" ({ckpt.monitor} {float(score):.4f})" if score is not None and ckpt.monitor else ""))
+        if ckpt is not None and getattr(ckpt, "last_model_path", ""):
+            parts.append(f"last.ckpt {ckpt.last_model_path} (epoch {trainer.current_epoch})")
+        if parts:
+            log.info("fit done after %d epoch(s): %s", trainer.current_epoch, "; ".join(parts))
 
 
 # The epoch metrics a line shows when the module logs them (EmotionModule does); others: all scalars.
