@@ -164,9 +164,10 @@ class RunSummary(pl.Callback):
     """After ``fit``, one line saying where the run is: its folder, the best checkpoint (and score), ``last.ckpt``."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
-        parts = [f"run folder {trainer.log_dir}"] if trainer.log_dir else []
+        parts = [f"run folder {log_dir}"] if log_dir else []
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and getattr(ckpt, "best_model_path", ""):
             score = ckpt.best_model_score
